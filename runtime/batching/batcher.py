@@ -1,0 +1,280 @@
+"""The dynamic batcher: Triton's dynamic_batching semantics over a bounded priority queue.
+
+Requests are queued; a loop forms batches whenever an instance is free (up to
+max_batch_size rows, a preferred size, or once the oldest request waited
+max_queue_delay), runs each batch in the model's thread pool, and hands every caller
+exactly its own rows back as views of the batch output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.batching.queue import Pending, PriorityQueue
+from runtime.config import ModelConfig
+from runtime.errors import InternalError, ServingError, Unavailable
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(slots=True)
+class BatchTimes:
+    """Nanoseconds spent on one batch, as the statistics extension reports them."""
+
+    size: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+    dispatched_ns: int = 0
+
+
+class BatchObserver:
+    """Receives what the batcher measures; the statistics and metrics implement it."""
+
+    def on_batch(self, times: BatchTimes, batch: Sequence[Pending], ok: bool) -> None:
+        """Called on the event loop after each batch, with its requests."""
+
+    def on_rejected(self, item: Pending, error: ServingError) -> None:
+        """Called when a queued request fails before it reached the model."""
+
+
+def _resolve(fut: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    # A caller that went away leaves a cancelled future; never let it break the loop.
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+class DynamicBatcher:
+    """Queues requests for one model version and runs them in batches."""
+
+    def __init__(self, config: ModelConfig, run: RunFn, observer: BatchObserver) -> None:
+        self._config = config
+        self._batching = config.batching
+        self._run_model = run
+        self._observer = observer
+        self._queue = PriorityQueue(config.batching)
+        self._max_rows = config.max_batch_size if config.batching.enabled else 0
+        self._delay_ns = config.batching.max_queue_delay_us * 1000
+        self._preferred = config.batching.preferred_batch_sizes
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.instance_count, thread_name_prefix=f"model-{config.name}"
+        )
+        self._slots = asyncio.Semaphore(config.instance_count)
+        self._arrival = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.failed: BaseException | None = None
+
+    @property
+    def depth(self) -> int:
+        """Requests queued and not yet handed to an instance."""
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Batches running now."""
+        return len(self._in_flight)
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        priority: int = 0,
+        timeout_us: int = 0,
+        request_id: str = "",
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Queue one request; the returned future holds its own rows of every output."""
+        if self._stopping or self.failed is not None:
+            raise Unavailable(f"model '{self._config.name}' is not accepting requests")
+        now = time.monotonic_ns()
+        level = self._queue.level_for(priority)
+        timeout = self._timeout_us(level, timeout_us)
+        fut: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        item = Pending(
+            inputs=inputs,
+            rows=rows,
+            future=fut,
+            enqueued_ns=now,
+            deadline_ns=now + timeout * 1000 if timeout else 0,
+            level=level,
+            shape_key=tuple(a.shape[1:] for a in inputs.values()) if self._max_rows else (),
+        )
+        self._queue.put(item, request_id)
+        self._arrival.set()
+        return fut
+
+    def _timeout_us(self, level: int, requested_us: int) -> int:
+        policy = self._batching.policy(level + 1)
+        default = policy.default_timeout_us
+        # Triton lets a request only shorten a configured timeout; a configured 0 means
+        # "none", which any request timeout shortens.
+        if policy.allow_timeout_override and requested_us > 0:
+            return requested_us if default == 0 else min(default, requested_us)
+        return default
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop accepting; with drain, finish everything queued and running first."""
+        self._stopping = True
+        self._arrival.set()
+        if self._loop_task is not None:
+            if drain:
+                await asyncio.shield(self._loop_task)
+            else:
+                self._loop_task.cancel()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        for item in list(self._queue):
+            _resolve(item.future, error=Unavailable(f"model '{self._config.name}' was unloaded"))
+        self._executor.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        try:
+            while True:
+                await self._slots.acquire()
+                batch = await self._next_batch()
+                if batch is None:
+                    self._slots.release()
+                    return
+                task = asyncio.get_running_loop().create_task(self._execute(batch))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # rule: a crashed loop fails everyone and says so
+            log.exception("batch loop of model '%s' crashed", self._config.name)
+            self.failed = exc
+            for item in list(self._queue):
+                _resolve(item.future, error=InternalError(f"batcher failed: {exc}"))
+            raise
+
+    async def _next_batch(self) -> list[Pending] | None:
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return None
+                self._arrival.clear()
+                await self._arrival.wait()
+                continue
+            self._drop_dead()
+            if not self._queue:
+                continue
+            count, complete = self._plan()
+            wait_ns = self._wait_ns(complete)
+            if wait_ns <= 0 or self._stopping:
+                return self._queue.popleft_matching(count)
+            self._arrival.clear()
+            try:
+                await asyncio.wait_for(self._arrival.wait(), wait_ns / 1e9)
+            except TimeoutError:
+                pass
+
+    def _drop_dead(self) -> None:
+        now = time.monotonic_ns()
+        for item in [i for i in self._queue if i.future.done() or (i.deadline_ns and i.deadline_ns <= now)]:
+            self._queue.remove(item)
+            if not item.future.done():
+                error = Unavailable("Request timeout expired")
+                self._observer.on_rejected(item, error)
+                _resolve(item.future, error=error)
+
+    def _plan(self) -> tuple[int, bool]:
+        """How many queued requests the next batch takes, and whether it is complete."""
+        if not self._max_rows:
+            return 1, True
+        rows = count = 0
+        preferred_count = 0
+        first_key: tuple[tuple[int, ...], ...] | None = None
+        for item in self._queue:
+            if first_key is None:
+                first_key = item.shape_key
+            elif item.shape_key != first_key or rows + item.rows > self._max_rows:
+                return count, True
+            rows += item.rows
+            count += 1
+            if rows in self._preferred:
+                preferred_count = count
+            if rows == self._max_rows:
+                return count, True
+        if preferred_count:
+            return preferred_count, True
+        return count, False
+
+    def _wait_ns(self, complete: bool) -> int:
+        if complete or self._delay_ns == 0:
+            return 0
+        return self._queue.oldest_ns() + self._delay_ns - time.monotonic_ns()
+
+    async def _execute(self, batch: list[Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        dispatched_ns = time.monotonic_ns()
+        try:
+            outputs, times = await loop.run_in_executor(self._executor, self._run_batch, batch)
+        except Exception as exc:
+            error = exc if isinstance(exc, ServingError) else InternalError(
+                f"model '{self._config.name}' failed to run: {exc}"
+            )
+            if not isinstance(exc, ServingError):
+                log.exception("model '%s' failed on a batch of %d", self._config.name, len(batch))
+            rows = sum(p.rows for p in batch)
+            self._observer.on_batch(BatchTimes(rows, 0, 0, 0, dispatched_ns), batch, ok=False)
+            for item in batch:
+                _resolve(item.future, error=error)
+            return
+        finally:
+            self._slots.release()
+        times.dispatched_ns = dispatched_ns
+        self._scatter(outputs, batch, times)
+
+    def _run_batch(self, batch: list[Pending]) -> tuple[dict[str, np.ndarray], BatchTimes]:
+        t0 = time.perf_counter_ns()
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {
+                name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
+            }
+        t1 = time.perf_counter_ns()
+        outputs = self._run_model(inputs)
+        t2 = time.perf_counter_ns()
+        rows = sum(p.rows for p in batch)
+        if self._config.batched:
+            for name, arr in outputs.items():
+                if arr.ndim == 0 or arr.shape[0] != rows:
+                    raise InternalError(
+                        f"model '{self._config.name}' returned output '{name}' with shape "
+                        f"{list(arr.shape)} for a batch of {rows} rows"
+                    )
+        return outputs, BatchTimes(rows, t1 - t0, t2 - t1, 0)
+
+    def _scatter(
+        self, outputs: dict[str, np.ndarray], batch: list[Pending], times: BatchTimes
+    ) -> None:
+        t0 = time.perf_counter_ns()
+        if len(batch) == 1:
+            _resolve(batch[0].future, outputs)
+        else:
+            start = 0
+            for item in batch:
+                stop = start + item.rows
+                _resolve(item.future, {k: v[start:stop] for k, v in outputs.items()})
+                start = stop
+        times.output_ns = time.perf_counter_ns() - t0
+        self._observer.on_batch(times, batch, ok=True)

@@ -1,0 +1,121 @@
+"""The `conveyor` command: parse flags, build a ServerConfig, run the Server. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from runtime import __version__
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="serve a model repository over HTTP and gRPC")
+    p.add_argument(
+        "--model-repository",
+        "--model-store",
+        action="append",
+        type=Path,
+        help="model repository folder (repeatable); default: the bundled example repository",
+    )
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP port, 0 = any (default 8000)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port, 0 = any (default 8001)")
+    p.add_argument(
+        "--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002)"
+    )
+    p.add_argument("--allow-http", type=_bool, default=True, help="serve HTTP (default true)")
+    p.add_argument("--allow-grpc", type=_bool, default=True, help="serve gRPC (default true)")
+    p.add_argument(
+        "--model-control-mode",
+        choices=["none", "explicit"],
+        default="none",
+        help="none: load everything at start; explicit: load/unload through the API",
+    )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        help="with explicit model control: a model to load at start ('*' = all)",
+    )
+    p.add_argument(
+        "--http-max-input-size",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest accepted HTTP request body in bytes (default 64 MiB)",
+    )
+    p.add_argument(
+        "--exit-timeout-secs",
+        type=float,
+        default=30.0,
+        help="grace period to finish accepted requests on shutdown (default 30)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="auto: follow each model's instance_group; cpu/gpu: force it",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from runtime.examples import default_repository
+    from runtime.server import Server, ServerConfig
+
+    repositories = args.model_repository or [default_repository()]
+    config = ServerConfig(
+        model_repositories=repositories,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        allow_http=args.allow_http,
+        allow_grpc=args.allow_grpc,
+        model_control_mode=args.model_control_mode,
+        load_models=args.load_model,
+        http_max_input_size=args.http_max_input_size,
+        exit_timeout_s=args.exit_timeout_secs,
+        device=args.device,
+    )
+    try:
+        import uvloop
+    except ImportError:  # uvloop is not on Windows; the default loop still works
+        asyncio.run(Server(config).serve())
+    else:
+        uvloop.run(Server(config).serve())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "serve":
+        return _serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""inference.GRPCInferenceService on grpc.aio, calling the same DataPlane as HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from runtime.dataplane import DataPlane
+from runtime.errors import InternalError, InvalidInput, ServingError
+from runtime.proto import grpc_service_pb2 as pb
+from runtime.proto import grpc_service_pb2_grpc as pb_grpc
+from runtime.protocol.grpc import codec
+
+log = logging.getLogger(__name__)
+
+# tritonclient raises its own limits to INT32_MAX; a grpcio server defaults to 4 MiB.
+MAX_MESSAGE_BYTES = 2**31 - 1
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def status_code(exc: ServingError) -> grpc.StatusCode:
+    """The gRPC status for an error, from the one table in runtime.errors."""
+    return grpc.StatusCode[exc.code.name]
+
+
+def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Abort the call with the mapped status when a handler raises."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except ServingError as exc:
+            await context.abort(status_code(exc), exc.message)
+        except Exception:
+            log.exception("internal error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """Translates each RPC to one DataPlane call."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dp = dataplane
+
+    @unary
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.dp.live)
+
+    @unary
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.dp.ready)
+
+    @unary
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version))
+
+    @unary
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return json_format.ParseDict(self.dp.server_metadata(), pb.ServerMetadataResponse())
+
+    @unary
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        meta = self.dp.model_metadata(request.name, request.version)
+        return json_format.ParseDict(meta, pb.ModelMetadataResponse())
+
+    @unary
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        response = pb.ModelConfigResponse()
+        response.config.CopyFrom(self.dp.model_config(request.name, request.version))
+        return response
+
+    @unary
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        stats = self.dp.statistics(request.name, request.version)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    @unary
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        rows = self.dp.repository_index(request.ready)
+        return json_format.ParseDict({"models": rows}, pb.RepositoryIndexResponse())
+
+    @unary
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        config = None
+        for key, value in request.parameters.items():
+            if key.startswith("file:"):
+                raise InvalidInput("load request: 'file:' parameters are not supported")
+            if key == "config":
+                config = value.string_param
+        await self.dp.load_model(request.model_name, config)
+        return pb.RepositoryModelLoadResponse()
+
+    @unary
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self.dp.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @unary
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        response = await self.dp.infer(codec.decode_request(request))
+        return codec.encode_response(response)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        """Requests on one stream run concurrently; each answer carries its request's id.
+
+        An error goes into that response's error_message and the stream stays open.
+        """
+        results: asyncio.Queue[Any] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(message: Any) -> None:
+            await results.put(await self._stream_answer(message))
+
+        async def read() -> None:
+            async for message in request_iterator:
+                task = asyncio.create_task(one(message))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            await results.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _stream_answer(self, message: Any) -> Any:
+        try:
+            response = await self.dp.infer(codec.decode_request(message))
+            return pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
+        except ServingError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("internal error in ModelStreamInfer")
+            error = InternalError(f"internal server error: {type(exc).__name__}")
+        reply = pb.ModelStreamInferResponse(error_message=error.message)
+        reply.infer_response.id = message.id
+        reply.infer_response.model_name = message.model_name
+        return reply
+
+    async def _unimplemented(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this RPC is not implemented by Conveyor")
+
+    SystemSharedMemoryStatus = _unimplemented
+    SystemSharedMemoryRegister = _unimplemented
+    SystemSharedMemoryUnregister = _unimplemented
+    CudaSharedMemoryStatus = _unimplemented
+    CudaSharedMemoryRegister = _unimplemented
+    CudaSharedMemoryUnregister = _unimplemented
+    TraceSetting = _unimplemented
+    LogSettings = _unimplemented
+
+
+def add_to_server(server: grpc.aio.Server, dataplane: DataPlane) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)

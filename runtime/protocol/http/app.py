@@ -1,0 +1,212 @@
+"""The KServe v2 REST API on Starlette: routes translate HTTP to DataPlane calls and back."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from runtime.dataplane import DataPlane
+from runtime.errors import InvalidInput, ServingError, TooLarge, Unavailable
+from runtime.protocol.http import codec
+
+log = logging.getLogger(__name__)
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def error_response(exc: ServingError) -> Response:
+    headers = {"Accept-Encoding": "gzip, deflate"} if "Content-Encoding" in exc.message else None
+    return json_response({"error": exc.message}, exc.http_status, headers)
+
+
+def guarded(endpoint: Endpoint) -> Endpoint:
+    """Turn errors into `{"error": ...}` with the status from the one error table."""
+
+    @functools.wraps(endpoint)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ServingError as exc:
+            return error_response(exc)
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.url.path)
+            return json_response({"error": "internal server error"}, 500)
+
+    return wrapper
+
+
+class HttpApi:
+    """Route handlers bound to one data plane."""
+
+    def __init__(self, dataplane: DataPlane, max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> None:
+        self.dp = dataplane
+        self.max_input_size = max_input_size
+
+    # -- health and metadata ------------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        if self.dp.live:
+            return json_response({"live": True})
+        return json_response({"live": False, "error": "server is not live"}, 503)
+
+    async def ready(self, request: Request) -> Response:
+        if self.dp.ready:
+            return json_response({"ready": True})
+        return json_response({"ready": False, "error": "server is not ready"}, 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.dp.server_metadata())
+
+    async def model_metadata(self, request: Request) -> Response:
+        name, version = _model(request)
+        return json_response(self.dp.model_metadata(name, version))
+
+    async def model_ready(self, request: Request) -> Response:
+        name, version = _model(request)
+        if self.dp.model_ready(name, version):
+            return json_response({"name": name, "ready": True})
+        raise Unavailable(f"model '{name}'{f' version {version}' if version else ''} is not ready")
+
+    async def model_config(self, request: Request) -> Response:
+        name, version = _model(request)
+        return json_response(self.dp.model_config_json(name, version))
+
+    async def statistics(self, request: Request) -> Response:
+        name, version = _model(request) if "name" in request.path_params else ("", "")
+        return json_response(self.dp.statistics(name, version))
+
+    # -- repository ---------------------------------------------------------------------
+
+    async def repository_index(self, request: Request) -> Response:
+        body = await self._body(request)
+        ready_only = False
+        if body.strip():
+            doc = _json_object(body)
+            ready_only = bool(doc.get("ready", False))
+        return json_response(self.dp.repository_index(ready_only))
+
+    async def load(self, request: Request) -> Response:
+        body = await self._body(request)
+        config = None
+        if body.strip():
+            params = _json_object(body).get("parameters", {})
+            if not isinstance(params, dict):
+                raise InvalidInput("load request: 'parameters' must be an object")
+            if any(k.startswith("file:") for k in params):
+                raise InvalidInput("load request: 'file:' parameters are not supported")
+            config = params.get("config")
+            if config is not None and not isinstance(config, str):
+                raise InvalidInput("load request: parameter 'config' must be a JSON string")
+        await self.dp.load_model(request.path_params["name"], config)
+        return Response(b"", 200)
+
+    async def unload(self, request: Request) -> Response:
+        await self._body(request)
+        await self.dp.unload_model(request.path_params["name"])
+        return Response(b"", 200)
+
+    # -- inference ----------------------------------------------------------------------
+
+    async def infer(self, request: Request) -> Response:
+        name, version = _model(request)
+        body = await self._body(request)
+        body = codec.decompress(
+            body, request.headers.get("content-encoding", ""), self.max_input_size
+        )
+        doc, blobs = codec.split_body(body, request.headers.get(codec.HEADER_LENGTH))
+        decoded = codec.decode_request(doc, blobs, name, version)
+        response = await self.dp.infer(decoded.request)
+        payload, header_length = codec.encode_response(response, decoded)
+        headers: dict[str, str] = {}
+        if header_length is not None:
+            headers["Inference-Header-Content-Length"] = str(header_length)
+        media = "application/octet-stream" if header_length is not None else "application/json"
+        encoding = codec.accepted_encoding(request.headers.get("accept-encoding", ""))
+        if encoding:
+            payload = codec.compress(payload, encoding)
+            headers["Content-Encoding"] = encoding
+        return Response(payload, 200, headers=headers, media_type=media)
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_input_size:
+            raise TooLarge(
+                f"request body of {declared} bytes exceeds the limit of {self.max_input_size} "
+                "bytes (--http-max-input-size)"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_input_size:
+                raise TooLarge(
+                    f"request body exceeds the limit of {self.max_input_size} bytes "
+                    "(--http-max-input-size)"
+                )
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _model(request: Request) -> tuple[str, str]:
+    version = request.path_params.get("version")
+    return request.path_params["name"], "" if version is None else str(version)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"failed to parse the request JSON buffer: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return doc
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {404: "Not Found", 405: "Method Not Allowed"}
+    return json_response({"error": messages.get(exc.status_code, exc.detail)}, exc.status_code)
+
+
+def create_app(dataplane: DataPlane, max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> Starlette:
+    """The Starlette application serving the v2 REST API."""
+    api = HttpApi(dataplane, max_input_size)
+    model = "/v2/models/{name}"
+    versioned = "/v2/models/{name}/versions/{version:int}"
+    routes: list[Route] = [
+        Route("/v2/health/live", guarded(api.live), methods=["GET"]),
+        Route("/v2/health/ready", guarded(api.ready), methods=["GET"]),
+        Route("/v2", guarded(api.server_metadata), methods=["GET"]),
+        Route("/v2/models/stats", guarded(api.statistics), methods=["GET"]),
+        Route("/v2/repository/index", guarded(api.repository_index), methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", guarded(api.load), methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", guarded(api.unload), methods=["POST"]),
+    ]
+    for prefix in (model, versioned):
+        routes += [
+            Route(prefix, guarded(api.model_metadata), methods=["GET"]),
+            Route(prefix + "/ready", guarded(api.model_ready), methods=["GET"]),
+            Route(prefix + "/config", guarded(api.model_config), methods=["GET"]),
+            Route(prefix + "/stats", guarded(api.statistics), methods=["GET"]),
+            Route(prefix + "/infer", guarded(api.infer), methods=["POST"]),
+        ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

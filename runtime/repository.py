@@ -1,0 +1,118 @@
+"""The model repository on disk, in Triton's layout, and loading one model version from it.
+
+    <repo>/<model>/config.pbtxt            optional
+    <repo>/<model>/<version>/model.onnx    numeric version folders, no leading zero
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime import config as cfg
+from runtime import tensors
+from runtime.backends.onnx import OnnxBackend, choose_providers
+from runtime.config import ConfigError, ModelConfig, TensorSpec
+from runtime.proto import model_config_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedVersion:
+    """A model version whose session is open and warmed up."""
+
+    version: int
+    config: ModelConfig
+    backend: OnnxBackend
+
+
+def list_models(root: Path) -> dict[str, Path]:
+    """Model folders of a repository, by name (hidden folders are skipped)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"model repository '{root}' is not a directory")
+    return {
+        p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+    }
+
+
+def version_folders(model_dir: Path) -> list[int]:
+    """Numeric version folders, ascending; names with a leading zero are ignored, as Triton does."""
+    versions = []
+    for p in model_dir.iterdir():
+        if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"):
+            versions.append(int(p.name))
+    return sorted(versions)
+
+
+def select_versions(available: list[int], message: pb.ModelConfig) -> list[int]:
+    """Apply the version policy (default: the latest one)."""
+    policy = message.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return available
+    if kind == "specific":
+        wanted = set(policy.specific.versions)
+        missing = wanted - set(available)
+        if missing:
+            raise ConfigError(f"version policy names versions {sorted(missing)} that do not exist")
+        return [v for v in available if v in wanted]
+    count = policy.latest.num_versions if kind == "latest" else 1
+    return available[-max(count, 1):]
+
+
+def load_version(
+    model_dir: Path, version: int, message: pb.ModelConfig, device: str = "auto"
+) -> LoadedVersion:
+    """Open one version's ONNX file, complete its config from the graph and warm it up."""
+    filename = message.default_model_filename or "model.onnx"
+    path = model_dir / str(version) / filename
+    if not path.exists():
+        raise ConfigError(f"model file '{path}' does not exist")
+    groups = message.instance_group
+    kind = pb.ModelInstanceGroup.Kind.Name(groups[0].kind) if groups else "KIND_AUTO"
+    gpu_id = groups[0].gpus[0] if groups and groups[0].gpus else 0
+    parameters = {k: v.string_value for k, v in message.parameters.items()}
+    try:
+        backend = OnnxBackend(path, parameters, choose_providers(kind, gpu_id, device))
+    except Exception as exc:
+        raise ConfigError(f"ONNX Runtime cannot load '{path}': {exc}") from exc
+    if backend.on_gpu:
+        message = _pin_to_gpu(message)
+    completed = cfg.complete(message, model_dir.name, backend.graph_inputs(), backend.graph_outputs())
+    model_config = cfg.build(completed, model_dir)
+    warm_up(backend, model_config)
+    return LoadedVersion(version, model_config, backend)
+
+
+def _pin_to_gpu(message: pb.ModelConfig) -> pb.ModelConfig:
+    """KIND_AUTO instances become KIND_GPU when the session runs on the CUDA provider."""
+    out = pb.ModelConfig()
+    out.CopyFrom(message)
+    if len(out.instance_group) == 0:
+        out.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_GPU)
+    for group in out.instance_group:
+        if group.kind == pb.ModelInstanceGroup.KIND_AUTO:
+            group.kind = pb.ModelInstanceGroup.KIND_GPU
+    return out
+
+
+def _zeros(spec: TensorSpec, batched: bool) -> np.ndarray:
+    shape = [1 if d == -1 else d for d in spec.dims]
+    if batched:
+        shape.insert(0, 1)
+    if spec.datatype == "BYTES":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=tensors.numpy_dtype(spec.datatype))
+
+
+def warm_up(backend: OnnxBackend, config: ModelConfig) -> None:
+    """One run at load so no request pays ONNX Runtime's first-run cost."""
+    inputs = {s.name: _zeros(s, config.batched) for s in config.inputs}
+    try:
+        backend.run(inputs, [o.name for o in config.outputs])
+    except Exception as exc:  # a model that needs real data to run still loads
+        log.warning("warm-up run of model '%s' failed: %s", config.name, exc)

@@ -1,0 +1,174 @@
+"""Wiring: one event loop serving HTTP (uvicorn) and gRPC (grpc.aio) over one DataPlane.
+
+The server owns the signals: SIGTERM or SIGINT turns readiness off at once, stops the
+listeners, lets accepted requests finish, drains the batchers, then returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import uvicorn
+
+from runtime.dataplane import DataPlane
+from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
+from runtime.protocol.http.app import DEFAULT_MAX_INPUT_SIZE, create_app
+from runtime.registry import Registry
+
+log = logging.getLogger("runtime.server")
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    """Everything `conveyor serve` can set; flag names follow tritonserver's."""
+
+    model_repositories: list[Path]
+    host: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    allow_http: bool = True
+    allow_grpc: bool = True
+    model_control_mode: str = "none"
+    load_models: list[str] = field(default_factory=list)
+    http_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
+    exit_timeout_s: float = 30.0
+    device: str = "auto"
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the Conveyor server owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def _display_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class Server:
+    """An embeddable server: `await start()`, `await stop()`, or `await serve()` for both."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.registry = Registry(config.model_repositories, config.device)
+        self.dataplane = DataPlane(self.registry, config.model_control_mode)
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self._http: _UvicornServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        """Listen first (live, not ready), load the models, then report ready."""
+        if self.config.allow_http:
+            await self._start_http()
+        if self.config.allow_grpc:
+            await self._start_grpc()
+        await self._load_models()
+        self.dataplane.ready = True
+        log.info("server is ready")
+
+    async def _start_http(self) -> None:
+        sock = _bind(self.config.host, self.config.http_port)
+        self.http_port = sock.getsockname()[1]
+        app = create_app(self.dataplane, self.config.http_max_input_size)
+        uv_config = uvicorn.Config(
+            app,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=self.config.exit_timeout_s,
+            timeout_keep_alive=30,
+        )
+        self._http = _UvicornServer(uv_config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise RuntimeError("the HTTP server stopped during startup")
+            await asyncio.sleep(0.01)
+        log.info("Started HTTPService at %s:%d", _display_host(self.config.host), self.http_port)
+
+    async def _start_grpc(self) -> None:
+        self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
+        add_to_server(self._grpc, self.dataplane)
+        address = f"{_display_host(self.config.host)}:{self.config.grpc_port}"
+        self.grpc_port = self._grpc.add_insecure_port(address)
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC to {address}")
+        await self._grpc.start()
+        log.info(
+            "Started GRPCInferenceService at %s:%d",
+            _display_host(self.config.host),
+            self.grpc_port,
+        )
+
+    async def _load_models(self) -> None:
+        available = self.registry.repository_models()
+        if self.config.model_control_mode == "explicit":
+            names = list(available) if "*" in self.config.load_models else self.config.load_models
+        else:
+            names = list(available)
+        await asyncio.gather(*(self.registry.load(name) for name in names))
+        for row in self.registry.index(available):
+            log.info(
+                "model %s version %s: %s %s",
+                row["name"],
+                row.get("version", "-"),
+                row.get("state", "not loaded"),
+                row.get("reason", ""),
+            )
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (what SIGTERM does)."""
+        self.dataplane.ready = False
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Refuse new work, finish what was accepted, close the models."""
+        self.dataplane.ready = False
+        grace = self.config.exit_timeout_s
+        waits = []
+        if self._grpc is not None:
+            waits.append(self._grpc.stop(grace))
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            waits.append(self._http_task)
+        await asyncio.gather(*waits, return_exceptions=True)
+        await self.registry.close()
+        self.dataplane.live = False
+        log.info("server stopped")
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stop.wait()
+            log.info("stopping: draining accepted requests")
+        finally:
+            await self.stop()

@@ -1,0 +1,59 @@
+"""Protocol-neutral request and response objects: names, numpy arrays and plain values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class InputTensor:
+    """One decoded input: the datatype the client declared and its array, already shaped."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """An output the client asked for; `class_count` > 0 asks for classification."""
+
+    name: str
+    class_count: int = 0
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """A request as the data plane sees it; no protocol object ever gets this far."""
+
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    inputs: dict[str, InputTensor] = field(default_factory=dict)
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    timeout_us: int = 0
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    """One output of a response; `data` may be a view into the batch result."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    """The answer to one request, in the order the outputs are to be sent."""
+
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OutputTensor]
+    parameters: dict[str, Any] = field(default_factory=dict)
