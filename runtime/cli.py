@@ -59,6 +59,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default="auto",
         help="auto: follow each model's instance_group; cpu/gpu: force it",
     )
+    p.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop" if sys.platform != "win32" else "asyncio",
+        help="event loop implementation (default uvloop)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -96,12 +102,12 @@ def _serve(args: argparse.Namespace) -> int:
         exit_timeout_s=args.exit_timeout_secs,
         device=args.device,
     )
-    try:
+    if args.loop == "uvloop":
         import uvloop
-    except ImportError:  # uvloop is not on Windows; the default loop still works
-        asyncio.run(Server(config).serve())
-    else:
+
         uvloop.run(Server(config).serve())
+    else:
+        asyncio.run(Server(config).serve())
     return 0
 
 

@@ -226,9 +226,9 @@ def _check_dims(spec: Any, g: GraphTensor, max_batch_size: int, kind: str) -> No
 def _normalise(out: pb.ModelConfig) -> None:
     if not out.HasField("version_policy"):
         out.version_policy.latest.num_versions = 1
-    if out.HasField("dynamic_batching") and out.max_batch_size > 0:
-        if len(out.dynamic_batching.preferred_batch_size) == 0:
-            out.dynamic_batching.preferred_batch_size.append(out.max_batch_size)
+    db = out.dynamic_batching
+    if out.HasField("dynamic_batching") and out.max_batch_size > 0 and not db.preferred_batch_size:
+        db.preferred_batch_size.append(out.max_batch_size)
     if len(out.instance_group) == 0:
         out.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
     for i, group in enumerate(out.instance_group):

@@ -56,11 +56,19 @@ class DataPlane:
             "versions": versions,
             "platform": c.platform,
             "inputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": s.metadata_shape(c.max_batch_size)}
+                {
+                    "name": s.name,
+                    "datatype": s.datatype,
+                    "shape": s.metadata_shape(c.max_batch_size),
+                }
                 for s in c.inputs
             ],
             "outputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": s.metadata_shape(c.max_batch_size)}
+                {
+                    "name": s.name,
+                    "datatype": s.datatype,
+                    "shape": s.metadata_shape(c.max_batch_size),
+                }
                 for s in c.outputs
             ],
         }
@@ -137,7 +145,7 @@ class DataPlane:
 
 
 def _validate(model: ModelVersion, request: InferenceRequest) -> int:
-    """Check names, datatypes and shapes; return the batch size (1 for a model that doesn't batch)."""
+    """Check names, datatypes and shapes; return the batch size (1 when the model doesn't batch)."""
     c = model.config
     rows = -1
     for name, tensor in request.inputs.items():
@@ -225,7 +233,9 @@ def _response(
             data = outputs[out.name]
             if out.class_count > 0:
                 try:
-                    data = tensors.classify(data, out.class_count, spec.labels, model.config.batched)
+                    data = tensors.classify(
+                        data, out.class_count, spec.labels, model.config.batched
+                    )
                 except ServingError:
                     raise
                 except Exception as exc:  # e.g. a BYTES output cannot be ranked

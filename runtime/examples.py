@@ -22,7 +22,7 @@ OPSET = 17
 IR_VERSION = 9
 # Bump when the bundled models or configs change so that stale caches are rebuilt.
 MARKER_NAME = ".conveyor-example-repository"
-MARKER_TEXT = "conveyor example repository v1\n"
+MARKER_TEXT = "conveyor example repository v2\n"
 
 MLP_CONFIG = """\
 name: "mlp"
@@ -44,7 +44,7 @@ output [
   }
 ]
 dynamic_batching {
-  max_queue_delay_microseconds: 500
+  max_queue_delay_microseconds: 0
 }
 instance_group [
   {

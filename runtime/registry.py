@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from runtime import config as cfg
 from runtime import repository
 from runtime.batching.batcher import DynamicBatcher
@@ -107,7 +109,9 @@ class Registry:
         except (NotFound, InvalidInput):
             return False
 
-    def index(self, roots_models: Mapping[str, Path], ready_only: bool = False) -> list[dict[str, str]]:
+    def index(
+        self, roots_models: Mapping[str, Path], ready_only: bool = False
+    ) -> list[dict[str, str]]:
         """Triton's repository index: one row per version tried, plus never-loaded models."""
         rows: list[dict[str, str]] = []
         for name in sorted(set(roots_models) | set(self._models)):
@@ -120,7 +124,9 @@ class Registry:
                 state, reason = entry.model_state
                 rows.append({"name": name, "version": "", "state": state, "reason": reason})
             for version, (state, reason) in sorted(entry.states.items()):
-                rows.append({"name": name, "version": str(version), "state": state, "reason": reason})
+                rows.append(
+                    {"name": name, "version": str(version), "state": state, "reason": reason}
+                )
         if ready_only:
             rows = [r for r in rows if r.get("state") == READY]
         return rows
@@ -157,7 +163,9 @@ class Registry:
                 await self._retire(old, keep=entry)
             return entry
 
-    def _load_versions(self, entry: ModelEntry, model_dir: Path, override: pb.ModelConfig | None) -> None:
+    def _load_versions(
+        self, entry: ModelEntry, model_dir: Path, override: pb.ModelConfig | None
+    ) -> None:
         try:
             message = override if override is not None else cfg.read_config_file(model_dir)
             versions = repository.select_versions(repository.version_folders(model_dir), message)
@@ -209,8 +217,8 @@ def _servable(name: str, loaded: LoadedVersion) -> ModelVersion:
     output_names = [s.name for s in loaded.config.outputs]
     stats = ModelStatistics(name, str(loaded.version))
 
-    def run(inputs: Mapping[str, object]) -> dict[str, object]:
-        return backend.run(inputs, output_names)  # type: ignore[arg-type]
+    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return backend.run(inputs, output_names)
 
-    batcher = DynamicBatcher(loaded.config, run, stats)  # type: ignore[arg-type]
+    batcher = DynamicBatcher(loaded.config, run, stats)
     return ModelVersion(name, str(loaded.version), loaded.config, loaded, batcher, stats)

@@ -1,7 +1,7 @@
 """The model repository on disk, in Triton's layout, and loading one model version from it.
 
-    <repo>/<model>/config.pbtxt            optional
-    <repo>/<model>/<version>/model.onnx    numeric version folders, no leading zero
+<repo>/<model>/config.pbtxt            optional
+<repo>/<model>/<version>/model.onnx    numeric version folders, no leading zero
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ def list_models(root: Path) -> dict[str, Path]:
     """Model folders of a repository, by name (hidden folders are skipped)."""
     if not root.is_dir():
         raise FileNotFoundError(f"model repository '{root}' is not a directory")
-    return {
-        p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
-    }
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
 
 def version_folders(model_dir: Path) -> list[int]:
@@ -61,7 +59,7 @@ def select_versions(available: list[int], message: pb.ModelConfig) -> list[int]:
             raise ConfigError(f"version policy names versions {sorted(missing)} that do not exist")
         return [v for v in available if v in wanted]
     count = policy.latest.num_versions if kind == "latest" else 1
-    return available[-max(count, 1):]
+    return available[-max(count, 1) :]
 
 
 def load_version(
@@ -82,7 +80,9 @@ def load_version(
         raise ConfigError(f"ONNX Runtime cannot load '{path}': {exc}") from exc
     if backend.on_gpu:
         message = _pin_to_gpu(message)
-    completed = cfg.complete(message, model_dir.name, backend.graph_inputs(), backend.graph_outputs())
+    completed = cfg.complete(
+        message, model_dir.name, backend.graph_inputs(), backend.graph_outputs()
+    )
     model_config = cfg.build(completed, model_dir)
     warm_up(backend, model_config)
     return LoadedVersion(version, model_config, backend)

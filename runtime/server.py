@@ -99,7 +99,7 @@ class Server:
             lifespan="off",
             access_log=False,
             log_config=None,
-            timeout_graceful_shutdown=self.config.exit_timeout_s,
+            timeout_graceful_shutdown=max(1, round(self.config.exit_timeout_s)),
             timeout_keep_alive=30,
         )
         self._http = _UvicornServer(uv_config)

@@ -73,7 +73,7 @@ class OnnxBackend:
     @property
     def on_gpu(self) -> bool:
         first = self.providers[0]
-        return (first[0] if isinstance(first, tuple) else first) == CUDA
+        return bool((first[0] if isinstance(first, tuple) else first) == CUDA)
 
     def graph_inputs(self) -> Sequence[GraphTensor]:
         return self._inputs

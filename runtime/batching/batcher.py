@@ -9,6 +9,7 @@ exactly its own rows back as views of the batch output.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,7 +49,9 @@ class BatchObserver:
         """Called when a queued request fails before it reached the model."""
 
 
-def _resolve(fut: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+def _resolve(
+    fut: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
+) -> None:
     # A caller that went away leaves a cancelled future; never let it break the loop.
     if fut.done():
         return
@@ -181,14 +184,16 @@ class DynamicBatcher:
             if wait_ns <= 0 or self._stopping:
                 return self._queue.popleft_matching(count)
             self._arrival.clear()
-            try:
-                await asyncio.wait_for(self._arrival.wait(), wait_ns / 1e9)
-            except TimeoutError:
-                pass
+            # asyncio.timeout arms one timer handle; wait_for would create a task per wait.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_ns / 1e9):
+                    await self._arrival.wait()
 
     def _drop_dead(self) -> None:
         now = time.monotonic_ns()
-        for item in [i for i in self._queue if i.future.done() or (i.deadline_ns and i.deadline_ns <= now)]:
+        for item in [
+            i for i in self._queue if i.future.done() or (i.deadline_ns and i.deadline_ns <= now)
+        ]:
             self._queue.remove(item)
             if not item.future.done():
                 error = Unavailable("Request timeout expired")
@@ -228,8 +233,10 @@ class DynamicBatcher:
         try:
             outputs, times = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as exc:
-            error = exc if isinstance(exc, ServingError) else InternalError(
-                f"model '{self._config.name}' failed to run: {exc}"
+            error = (
+                exc
+                if isinstance(exc, ServingError)
+                else InternalError(f"model '{self._config.name}' failed to run: {exc}")
             )
             if not isinstance(exc, ServingError):
                 log.exception("model '%s' failed on a batch of %d", self._config.name, len(batch))

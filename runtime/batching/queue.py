@@ -56,7 +56,9 @@ class PriorityQueue:
         queue = self._levels[item.level]
         limit = self._limits[item.level]
         if limit and len(queue) >= limit:
-            raise Unavailable(f"[request id: {request_id or '<id_unknown>'}] Exceeds maximum queue size")
+            raise Unavailable(
+                f"[request id: {request_id or '<id_unknown>'}] Exceeds maximum queue size"
+            )
         queue.append(item)
         self._size += 1
 

@@ -46,7 +46,9 @@ def _parameters(params: Any) -> dict[str, Any]:
 def _non_negative_int(params: dict[str, Any], key: str) -> int:
     value = params.get(key, 0)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"request parameter '{key}' must be a non-negative integer, got {value!r}")
+        raise InvalidInput(
+            f"request parameter '{key}' must be a non-negative integer, got {value!r}"
+        )
     return value
 
 
@@ -89,9 +91,7 @@ def _decode_input(tensor: Any, blob: bytes | None) -> InputTensor:
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         tensors.numpy_dtype(datatype)  # raises for an unknown datatype
-        raise InvalidInput(
-            f"input '{name}': {datatype} data must be sent in raw_input_contents"
-        )
+        raise InvalidInput(f"input '{name}': {datatype} data must be sent in raw_input_contents")
     values = getattr(tensor.contents, field)
     count = tensors.element_count(shape, name)
     if len(values) != count:

@@ -158,7 +158,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return reply
 
     async def _unimplemented(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this RPC is not implemented by Conveyor")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "this RPC is not implemented by Conveyor"
+        )
 
     SystemSharedMemoryStatus = _unimplemented
     SystemSharedMemoryRegister = _unimplemented

@@ -53,10 +53,7 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 def compress(body: bytes, encoding: str) -> bytes:
-    if encoding == "gzip":
-        obj = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
-    else:
-        obj = zlib.compressobj()
+    obj = zlib.compressobj(wbits=_WBITS[encoding])
     return obj.compress(body) + obj.flush()
 
 
@@ -172,13 +169,13 @@ def decode_request(
 def _int_param(params: Mapping[str, Any], key: str) -> int:
     value = params.get(key, 0)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"request parameter '{key}' must be a non-negative integer, got {value!r}")
+        raise InvalidInput(
+            f"request parameter '{key}' must be a non-negative integer, got {value!r}"
+        )
     return value
 
 
-def _decode_input(
-    item: Any, index: int, blobs: memoryview, offset: int
-) -> tuple[InputTensor, int]:
+def _decode_input(item: Any, index: int, blobs: memoryview, offset: int) -> tuple[InputTensor, int]:
     if not isinstance(item, dict):
         raise InvalidInput(f"inputs[{index}] must be an object")
     name = _field(item, "name", str, f"inputs[{index}]")
@@ -255,7 +252,18 @@ def encode_response(response: InferenceResponse, decoded: HttpRequest) -> tuple[
 
 def _json_data(arr: np.ndarray, datatype: str, name: str) -> Any:
     # orjson writes contiguous numeric arrays natively, far faster than tolist().
-    if datatype in ("FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
-                    "UINT32", "UINT64", "BOOL"):
+    if datatype in (
+        "FP32",
+        "FP64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "BOOL",
+    ):
         return np.ascontiguousarray(arr).reshape(-1)
     return tensors.to_json(arr, datatype, name=name)

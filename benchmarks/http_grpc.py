@@ -1,0 +1,185 @@
+"""HTTP vs gRPC throughput and latency on the 64-256-256-10 MLP, next to in-process ORT.
+
+Starts `conveyor serve` on the bundled example repository, drives it closed-loop at
+each concurrency over HTTP (binary tensors) and gRPC (raw contents), reads the batch
+sizes the server formed from the statistics extension, and measures in-process ONNX
+Runtime at that batch size as the ceiling. perf_analyzer runs too when installed.
+
+    .venv/bin/python benchmarks/http_grpc.py [--concurrency 1,8,32] [--duration 5]
+
+Writes benchmarks/results/http_grpc.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from rich.console import Console
+from rich.table import Table
+
+from runtime.examples import build_example_repository
+from runtime.loadtest.client import grpc_request_bytes, http_request_bytes, run_grpc, run_http
+
+ROOT = Path(__file__).resolve().parent.parent
+PERF_ANALYZER = ROOT / ".tools" / "perf_analyzer" / "bin" / "perf_analyzer"
+MODEL = "mlp"
+
+
+class ServerProcess:
+    """`conveyor serve` in a subprocess on ephemeral loopback ports."""
+
+    def __init__(self, repo: Path) -> None:
+        cmd = [sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
+               "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
+               "--log-level", "warning"]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Log at info just long enough to learn the ports.
+        cmd[-1] = "info"
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+        self.http_port = self.grpc_port = 0
+        ready = threading.Event()
+        threading.Thread(target=self._drain, args=(ready,), daemon=True).start()
+        if not ready.wait(120):
+            self.proc.kill()
+            raise RuntimeError("server did not become ready")
+
+    def _drain(self, ready: threading.Event) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if m := re.search(r"Started HTTPService at [^:]+:(\d+)", line):
+                self.http_port = int(m.group(1))
+            if m := re.search(r"Started GRPCInferenceService at [^:]+:(\d+)", line):
+                self.grpc_port = int(m.group(1))
+            if "server is ready" in line:
+                ready.set()
+
+    def stats(self) -> dict[str, int]:
+        url = f"http://127.0.0.1:{self.http_port}/v2/models/{MODEL}/stats"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            s = json.load(r)["model_stats"][0]
+        return {"inference_count": s["inference_count"], "execution_count": s["execution_count"]}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def ort_ceiling(model_path: Path, batch: int, seconds: float = 2.0) -> float:
+    """Rows per second of in-process ONNX Runtime at a given batch size."""
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((batch, 64), dtype=np.float32)
+    for _ in range(50):
+        session.run(None, {"INPUT0": x})
+    runs, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        session.run(None, {"INPUT0": x})
+        runs += 1
+    return runs * batch / (time.perf_counter() - t0)
+
+
+def perf_analyzer(protocol: str, port: int, concurrency: int, seconds: float) -> float | None:
+    """Throughput (infer/s) perf_analyzer reports, or None when it is not installed."""
+    if not PERF_ANALYZER.exists():
+        return None
+    cmd = [str(PERF_ANALYZER), "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", protocol,
+           f"--concurrency-range={concurrency}", "-p", str(int(seconds * 1000)), "-s", "25",
+           "-r", "3"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    m = re.findall(r"Concurrency: \d+, throughput: ([\d.]+) infer/sec", out.stdout)
+    return float(m[-1]) if m else None
+
+
+async def sweep(server: ServerProcess, args: argparse.Namespace) -> list[dict[str, Any]]:
+    x = np.random.default_rng(1).random((1, 64), dtype=np.float32)
+    inputs, types = {"INPUT0": x}, {"INPUT0": "FP32"}
+    http_req = http_request_bytes("127.0.0.1", MODEL, inputs, types)
+    grpc_req = grpc_request_bytes(MODEL, inputs, types)
+    rows = []
+    for protocol in args.protocols:
+        for c in args.concurrency:
+            before = server.stats()
+            if protocol == "http":
+                step = await run_http("127.0.0.1", server.http_port, http_req, c,
+                                      args.duration, args.warmup)
+            else:
+                step = await run_grpc(f"127.0.0.1:{server.grpc_port}", grpc_req, c,
+                                      args.duration, args.warmup)
+            after = server.stats()
+            row = step.summary()
+            execs = after["execution_count"] - before["execution_count"]
+            infers = after["inference_count"] - before["inference_count"]
+            row["avg_batch"] = infers / execs if execs else 0.0
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--no-perf-analyzer", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "http_grpc.json")
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.protocols = args.protocols.split(",")
+
+    repo = build_example_repository(Path(tempfile.mkdtemp()) / "repo")
+    server = ServerProcess(repo)
+    try:
+        rows = asyncio.run(sweep(server, args))
+        if not args.no_perf_analyzer:
+            for row in rows:
+                port = server.http_port if row["protocol"] == "http" else server.grpc_port
+                row["perf_analyzer_rps"] = perf_analyzer(row["protocol"], port,
+                                                         row["concurrency"], args.duration)
+    finally:
+        server.stop()
+    model_path = repo / MODEL / "1" / "model.onnx"
+    ceilings: dict[int, float] = {}
+    for row in rows:
+        b = max(1, round(row["avg_batch"]))
+        if b not in ceilings:
+            ceilings[b] = ort_ceiling(model_path, b)
+        row["ort_ceiling_rps"] = ceilings[b]
+    report = {
+        "benchmark": "http_grpc",
+        "model": "mlp 64-256-256-10 FP32, batch 1 per request",
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}",
+        "duration_s": args.duration,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    table = Table(title=f"Conveyor, {MODEL} ({report['machine']})")
+    for col in ("protocol", "conc", "req/s", "p50 ms", "p99 ms", "avg batch",
+                "perf_analyzer req/s", "ORT ceiling rows/s", "errors"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        pa = r.get("perf_analyzer_rps")
+        table.add_row(r["protocol"], str(r["concurrency"]), f"{r['throughput_rps']:.0f}",
+                      f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['avg_batch']:.1f}",
+                      "-" if pa is None else f"{pa:.0f}", f"{r['ort_ceiling_rps']:.0f}",
+                      str(sum(r["errors"].values())))
+    Console().print(table)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
