@@ -44,9 +44,22 @@ class ServerProcess:
     """`conveyor serve` in a subprocess on ephemeral loopback ports."""
 
     def __init__(self, repo: Path) -> None:
-        cmd = [sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo),
-               "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
-               "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "runtime",
+            "serve",
+            "--model-repository",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--log-level",
+            "warning",
+        ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # Log at info just long enough to learn the ports.
         cmd[-1] = "info"
@@ -96,9 +109,22 @@ def perf_analyzer(protocol: str, port: int, concurrency: int, seconds: float) ->
     """Throughput (infer/s) perf_analyzer reports, or None when it is not installed."""
     if not PERF_ANALYZER.exists():
         return None
-    cmd = [str(PERF_ANALYZER), "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", protocol,
-           f"--concurrency-range={concurrency}", "-p", str(int(seconds * 1000)), "-s", "25",
-           "-r", "3"]
+    cmd = [
+        str(PERF_ANALYZER),
+        "-m",
+        MODEL,
+        "-u",
+        f"127.0.0.1:{port}",
+        "-i",
+        protocol,
+        f"--concurrency-range={concurrency}",
+        "-p",
+        str(int(seconds * 1000)),
+        "-s",
+        "25",
+        "-r",
+        "3",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     m = re.findall(r"Concurrency: \d+, throughput: ([\d.]+) infer/sec", out.stdout)
     return float(m[-1]) if m else None
@@ -114,11 +140,13 @@ async def sweep(server: ServerProcess, args: argparse.Namespace) -> list[dict[st
         for c in args.concurrency:
             before = server.stats()
             if protocol == "http":
-                step = await run_http("127.0.0.1", server.http_port, http_req, c,
-                                      args.duration, args.warmup)
+                step = await run_http(
+                    "127.0.0.1", server.http_port, http_req, c, args.duration, args.warmup
+                )
             else:
-                step = await run_grpc(f"127.0.0.1:{server.grpc_port}", grpc_req, c,
-                                      args.duration, args.warmup)
+                step = await run_grpc(
+                    f"127.0.0.1:{server.grpc_port}", grpc_req, c, args.duration, args.warmup
+                )
             after = server.stats()
             row = step.summary()
             execs = after["execution_count"] - before["execution_count"]
@@ -135,7 +163,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--no-perf-analyzer", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "http_grpc.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "http_grpc.json"
+    )
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.protocols = args.protocols.split(",")
@@ -147,8 +177,9 @@ def main() -> None:
         if not args.no_perf_analyzer:
             for row in rows:
                 port = server.http_port if row["protocol"] == "http" else server.grpc_port
-                row["perf_analyzer_rps"] = perf_analyzer(row["protocol"], port,
-                                                         row["concurrency"], args.duration)
+                row["perf_analyzer_rps"] = perf_analyzer(
+                    row["protocol"], port, row["concurrency"], args.duration
+                )
     finally:
         server.stop()
     model_path = repo / MODEL / "1" / "model.onnx"
@@ -168,15 +199,31 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     table = Table(title=f"Conveyor, {MODEL} ({report['machine']})")
-    for col in ("protocol", "conc", "req/s", "p50 ms", "p99 ms", "avg batch",
-                "perf_analyzer req/s", "ORT ceiling rows/s", "errors"):
+    for col in (
+        "protocol",
+        "conc",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "avg batch",
+        "perf_analyzer req/s",
+        "ORT ceiling rows/s",
+        "errors",
+    ):
         table.add_column(col, justify="right")
     for r in rows:
         pa = r.get("perf_analyzer_rps")
-        table.add_row(r["protocol"], str(r["concurrency"]), f"{r['throughput_rps']:.0f}",
-                      f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['avg_batch']:.1f}",
-                      "-" if pa is None else f"{pa:.0f}", f"{r['ort_ceiling_rps']:.0f}",
-                      str(sum(r["errors"].values())))
+        table.add_row(
+            r["protocol"],
+            str(r["concurrency"]),
+            f"{r['throughput_rps']:.0f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['avg_batch']:.1f}",
+            "-" if pa is None else f"{pa:.0f}",
+            f"{r['ort_ceiling_rps']:.0f}",
+            str(sum(r["errors"].values())),
+        )
     Console().print(table)
     print(f"wrote {args.out}")
 

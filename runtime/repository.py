@@ -41,8 +41,10 @@ def version_folders(model_dir: Path) -> list[int]:
     """Numeric version folders, ascending; names with a leading zero are ignored, as Triton does."""
     versions = []
     for p in model_dir.iterdir():
-        if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"):
-            versions.append(int(p.name))
+        # isascii: str.isdigit() also accepts digits int() rejects, like "²".
+        name = p.name
+        if p.is_dir() and name.isascii() and name.isdigit() and not name.startswith("0"):
+            versions.append(int(name))
     return sorted(versions)
 
 

@@ -310,12 +310,28 @@ def _json_numbers(data: list[Any], datatype: str, dtype: np.dtype, name: str) ->
         return raw.astype(dtype)
     if datatype == "BOOL":
         return _json_bools(raw, name)
+    if _has_bool(data):
+        kind = "integers" if dtype.kind in "iu" else "numbers"
+        raise InvalidInput(f"input '{name}': {datatype} data must be JSON {kind}, not booleans")
     if raw.dtype.kind == "O" or (dtype.kind in "iu" and raw.dtype.kind == "f"):
         # numpy fell back to object or float64: integers past int64, or wrong types.
         raw = _exact_numbers(data, datatype, dtype, name)
     if dtype.kind == "f":
         return _json_floats(raw, datatype, dtype, name)
     return _json_ints(raw, datatype, dtype, name)
+
+
+def _has_bool(data: list[Any]) -> bool:
+    """Whether a (nested) JSON list holds true/false; numpy would read them as 1/0."""
+    stack = [data]
+    while stack:
+        items = stack.pop()
+        kinds = set(map(type, items))
+        if bool in kinds:
+            return True
+        if list in kinds:
+            stack.extend(x for x in items if type(x) is list)
+    return False
 
 
 def _exact_numbers(data: list[Any], datatype: str, dtype: np.dtype, name: str) -> np.ndarray:

@@ -137,11 +137,16 @@ class DynamicBatcher:
         """Stop accepting; with drain, finish everything queued and running first."""
         self._stopping = True
         self._arrival.set()
-        if self._loop_task is not None:
+        task = self._loop_task
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()  # already logged; retrieved so asyncio does not warn again
+        elif task is not None:
             if drain:
-                await asyncio.shield(self._loop_task)
+                # A loop that crashed already failed its queue and logged why.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(task)
             else:
-                self._loop_task.cancel()
+                task.cancel()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         for item in list(self._queue):
@@ -197,8 +202,8 @@ class DynamicBatcher:
             self._queue.remove(item)
             if not item.future.done():
                 error = Unavailable("Request timeout expired")
-                self._observer.on_rejected(item, error)
                 _resolve(item.future, error=error)
+                self._observer.on_rejected(item, error)
 
     def _plan(self) -> tuple[int, bool]:
         """How many queued requests the next batch takes, and whether it is complete."""

@@ -80,7 +80,9 @@ def http_request_bytes(
     return head.encode() + body
 
 
-def grpc_request_bytes(model: str, inputs: dict[str, np.ndarray], datatypes: dict[str, str]) -> bytes:
+def grpc_request_bytes(
+    model: str, inputs: dict[str, np.ndarray], datatypes: dict[str, str]
+) -> bytes:
     """A serialised ModelInferRequest with raw_input_contents."""
     msg = pb.ModelInferRequest(model_name=model)
     for name, arr in inputs.items():

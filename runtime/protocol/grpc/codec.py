@@ -103,13 +103,25 @@ def _decode_input(tensor: Any, blob: bytes | None) -> InputTensor:
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
     else:
-        arr = _typed(values, datatype, name)
+        arr = _typed(values, datatype, field, name)
     return InputTensor(name, datatype, arr.reshape(shape))
 
 
-def _typed(values: Any, datatype: str, name: str) -> np.ndarray:
+# The protobuf field's own element type, so no value is routed through float64.
+_FIELD_DTYPE = {
+    "bool_contents": np.bool_,
+    "int_contents": np.int32,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint32,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
+
+
+def _typed(values: Any, datatype: str, field: str, name: str) -> np.ndarray:
     dtype = tensors.numpy_dtype(datatype)
-    wide = np.array(values)
+    wide: np.ndarray = np.array(values, dtype=_FIELD_DTYPE[field])
     arr = wide.astype(dtype)
     if dtype.kind in "iu" and wide.size and not np.array_equal(arr, wide):
         raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")

@@ -1,0 +1,71 @@
+"""The import rules of STYLE.md, checked on the source with `ast` (nothing is imported)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
+WEB_PACKAGES = frozenset({"starlette", "uvicorn", "grpc", "prometheus_client"})
+
+
+def sources() -> list[Path]:
+    return sorted(RUNTIME.rglob("*.py"))
+
+
+def relative(path: Path) -> str:
+    return path.relative_to(RUNTIME.parent).as_posix()
+
+
+def imported_roots(path: Path) -> set[str]:
+    """Top-level package of every import in a file, function-level imports included."""
+    roots: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def may_import_web(rel: str) -> bool:
+    # runtime/loadtest is a client (`conveyor bench`), not a layer of the server.
+    if rel.startswith(("runtime/protocol/", "runtime/loadtest/")) or rel in (
+        "runtime/server.py",
+        "runtime/monitoring/metrics.py",
+    ):
+        return True
+    # generated gRPC stubs import grpc by construction
+    return rel.startswith("runtime/proto/") and rel.endswith("_pb2_grpc.py")
+
+
+def test_the_walk_sees_the_tree() -> None:
+    names = {relative(p) for p in sources()}
+    assert "runtime/protocol/http/codec.py" in names
+    assert "runtime/batching/batcher.py" in names
+    assert "grpc" in imported_roots(RUNTIME / "protocol" / "grpc" / "servicer.py")
+
+
+def test_imported_roots_sees_every_form(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import grpc.aio\nfrom starlette.responses import Response\n"
+        "def f():\n    import prometheus_client as p\n"
+        "from . import sibling\nimport os, uvicorn\n"
+    )
+    assert imported_roots(sample) == {"grpc", "starlette", "prometheus_client", "os", "uvicorn"}
+
+
+@pytest.mark.parametrize("path", sources(), ids=relative)
+def test_only_protocol_server_and_metrics_import_web_packages(path: Path) -> None:
+    rel = relative(path)
+    if may_import_web(rel):
+        return
+    assert imported_roots(path) & WEB_PACKAGES == set(), rel
+
+
+@pytest.mark.parametrize("path", sources(), ids=relative)
+def test_nothing_imports_torch(path: Path) -> None:
+    assert "torch" not in imported_roots(path), relative(path)

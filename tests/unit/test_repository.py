@@ -1,0 +1,162 @@
+"""The repository on disk: version folders, version policy, loading and warming one version."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from runtime import repository
+from runtime.config import ConfigError, read_config_file
+from runtime.proto import model_config_pb2 as pb
+from tests import models
+
+
+def policy(text: str) -> pb.ModelConfig:
+    return text_format.Parse(text, pb.ModelConfig())
+
+
+def test_version_folders_ignores_non_numeric_and_leading_zero(tmp_path: Path) -> None:
+    for name in ("1", "2", "10", "01", "0", "007", "abc", "3a", "-4", "1.5", ".7"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "5").write_text("a file, not a folder")
+    assert repository.version_folders(tmp_path) == [1, 2, 10]
+
+
+def test_version_folders_ignores_unicode_digits(tmp_path: Path) -> None:
+    """str.isdigit() accepts superscript and Arabic-Indic digits; Triton loads neither."""
+    (tmp_path / "3").mkdir()
+    (tmp_path / "\u00b2").mkdir()  # superscript two: isdigit() but int() fails
+    (tmp_path / "\u0661").mkdir()  # Arabic-Indic one: isdigit() and int() == 1
+    assert repository.version_folders(tmp_path) == [3]
+
+
+def test_version_folders_empty(tmp_path: Path) -> None:
+    assert repository.version_folders(tmp_path) == []
+
+
+def test_list_models_skips_hidden_and_files(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "README").write_text("x")
+    assert list(repository.list_models(tmp_path)) == ["a", "b"]
+    with pytest.raises(FileNotFoundError):
+        repository.list_models(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", [7]),
+        ("version_policy: { latest { num_versions: 1 } }", [7]),
+        ("version_policy: { latest { num_versions: 2 } }", [3, 7]),
+        ("version_policy: { latest { num_versions: 10 } }", [1, 3, 7]),
+        ("version_policy: { latest { } }", [7]),
+        ("version_policy: { all { } }", [1, 3, 7]),
+        ("version_policy: { specific { versions: [ 1, 7 ] } }", [1, 7]),
+        ("version_policy: { specific { versions: [ 3 ] } }", [3]),
+    ],
+)
+def test_select_versions(text: str, expected: list[int]) -> None:
+    assert repository.select_versions([1, 3, 7], policy(text)) == expected
+
+
+def test_select_versions_missing_specific_version() -> None:
+    message = policy("version_policy: { specific { versions: [ 1, 4 ] } }")
+    with pytest.raises(ConfigError, match=r"\[4\]"):
+        repository.select_versions([1, 3, 7], message)
+
+
+def test_load_version_add_sub(tmp_path: Path) -> None:
+    model_dir = models.add_sub_fp32(tmp_path)
+    loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+    assert loaded.version == 1
+    config = loaded.config
+    assert config.name == "add_sub_fp32"
+    assert config.max_batch_size == 8
+    assert config.batching.enabled
+    assert config.batching.max_queue_delay_us == 2000
+    assert [i.name for i in config.inputs] == ["INPUT0", "INPUT1"]
+    assert config.output("OUTPUT0").labels == ("label0", "label1", "label2", "label3")  # type: ignore[union-attr]
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    b = np.full((2, 4), 0.5, dtype=np.float32)
+    out = loaded.backend.run({"INPUT0": a, "INPUT1": b}, ["OUTPUT0", "OUTPUT1"])
+    np.testing.assert_array_equal(out["OUTPUT0"], a + b)
+    np.testing.assert_array_equal(out["OUTPUT1"], a - b)
+
+
+def test_load_version_completes_a_missing_config(tmp_path: Path) -> None:
+    model_dir = models.noconfig(tmp_path)
+    loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+    config = loaded.config
+    assert config.name == "noconfig"
+    assert config.max_batch_size == 4
+    assert config.batching.enabled
+    assert config.inputs[0].dims == (3,)
+    x = np.ones((3, 3), dtype=np.float32)
+    np.testing.assert_array_equal(loaded.backend.run({"INPUT0": x}, ["OUTPUT0"])["OUTPUT0"], x * 3)
+
+
+def test_load_version_non_batching(tmp_path: Path) -> None:
+    model_dir = models.nobatch_fp32(tmp_path)
+    loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+    assert loaded.config.max_batch_size == 0
+    assert loaded.config.inputs[0].dims == (2, 3)
+
+
+def test_load_version_picks_the_asked_version(tmp_path: Path) -> None:
+    model_dir = models.two_versions(tmp_path)
+    message = read_config_file(model_dir)
+    assert repository.select_versions(repository.version_folders(model_dir), message) == [1, 2]
+    x = np.zeros((1, 4), dtype=np.float32)
+    for version in (1, 2):
+        loaded = repository.load_version(model_dir, version, message, device="cpu")
+        out = loaded.backend.run({"INPUT0": x}, ["OUTPUT0"])["OUTPUT0"]
+        np.testing.assert_array_equal(out, x + version)
+
+
+def test_load_version_missing_file(tmp_path: Path) -> None:
+    model_dir = models.add_sub_fp32(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        repository.load_version(model_dir, 2, read_config_file(model_dir), device="cpu")
+
+
+def test_load_version_corrupt_model(tmp_path: Path) -> None:
+    model_dir = models.corrupt(tmp_path)
+    with pytest.raises(ConfigError, match="ONNX Runtime cannot load"):
+        repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+
+
+def test_load_version_config_that_does_not_match_the_graph(tmp_path: Path) -> None:
+    model_dir = models.write_model(tmp_path, "add_sub_fp32")
+    io: list[models.Tensor] = [("INPUT0", "INT32", [4]), ("INPUT1", "FP32", [4])]
+    out: list[models.Tensor] = [("OUTPUT0", "FP32", [4])]
+    models.write_config(model_dir, models.config_text("add_sub_fp32", 8, io, out))
+    with pytest.raises(ConfigError, match="INPUT0"):
+        repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+
+
+@pytest.mark.parametrize("builder", [models.identity_bytes, models.identity_fp16, models.all_types])
+def test_warm_up_succeeds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, builder: Callable[[Path], Path]
+) -> None:
+    """Warm-up runs the model for real: no exception and no 'warm-up failed' warning."""
+    model_dir = builder(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="runtime.repository"):
+        loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+        repository.warm_up(loaded.backend, loaded.config)
+    assert [r.getMessage() for r in caplog.records if "warm-up" in r.getMessage()] == []
+
+
+def test_bytes_model_runs_on_bytes(tmp_path: Path) -> None:
+    model_dir = models.identity_bytes(tmp_path)
+    loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+    data = np.array([[b"ab", b"\xc3\xa9"]], dtype=object)
+    out = loaded.backend.run({"INPUT0": data}, ["OUTPUT0"])["OUTPUT0"]
+    assert out.shape == (1, 2)
+    assert [str(v) for v in out.ravel()] == ["ab", "\u00e9"]
