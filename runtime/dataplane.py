@@ -13,6 +13,7 @@ import numpy as np
 
 from runtime import __version__, tensors
 from runtime import config as cfg
+from runtime.config import TensorSpec
 from runtime.errors import InvalidInput, NotFound, ServingError, Unavailable, Unsupported
 from runtime.proto import model_config_pb2 as pb
 from runtime.registry import ModelVersion, Registry
@@ -75,6 +76,16 @@ class DataPlane:
 
     def _ready_versions(self, name: str) -> list[str]:
         return [m.version for m in self.registry.models() if m.name == name and m.ready]
+
+    def single_input(self, name: str, version: str = "") -> tuple[TensorSpec, bool]:
+        """The only input of a one-input model (for bodies that carry just its bytes)."""
+        c = self.registry.get(name, version).config
+        if len(c.inputs) != 1:
+            raise InvalidInput(
+                f"a raw binary body (Inference-Header-Content-Length: 0) needs a model with "
+                f"exactly one input; '{name}' has {len(c.inputs)}"
+            )
+        return c.inputs[0], c.batched
 
     def model_config(self, name: str, version: str = "") -> pb.ModelConfig:
         return self.registry.get(name, version).config.proto

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import tritonclient.http as httpclient  # type: ignore[import-untyped]
 
+from runtime.config import TensorSpec
 from runtime.errors import InvalidInput, TooLarge, Unsupported
 from runtime.protocol.http import codec
 from runtime.types import InferenceResponse, OutputTensor, RequestedOutput
@@ -205,9 +206,32 @@ def test_split_body_header_out_of_range(header: str) -> None:
         codec.split_body(b"{}" * 10, header)
 
 
-def test_split_body_zero_header_is_unsupported() -> None:
-    with pytest.raises(Unsupported, match="Inference-Header-Content-Length 0"):
-        codec.split_body(b"\x00" * 16, "0")
+def test_split_body_zero_header_is_a_raw_body() -> None:
+    doc, blobs = codec.split_body(b"\x00" * 16, "0")
+    assert doc is None
+    assert bytes(blobs) == b"\x00" * 16
+
+
+def test_raw_body_deduces_the_variable_dim_and_adds_a_batch_of_one() -> None:
+    x = np.arange(6, dtype=np.float32)
+    spec = TensorSpec("IN", "FP32", (-1,))
+    decoded = codec.decode_raw_request(memoryview(x.tobytes()), "m", "", spec, batched=True)
+    got = decoded.request.inputs["IN"].data
+    assert got.shape == (1, 6)
+    np.testing.assert_array_equal(got[0], x)
+    assert decoded.binary_default is True
+
+
+def test_raw_body_of_a_partial_element_is_refused() -> None:
+    spec = TensorSpec("IN", "FP32", (3, -1))
+    with pytest.raises(InvalidInput, match="whole number"):
+        codec.decode_raw_request(memoryview(b"\x00" * 14), "m", "", spec, batched=False)
+
+
+def test_raw_body_cannot_deduce_two_variable_dims() -> None:
+    spec = TensorSpec("IN", "FP32", (-1, -1))
+    with pytest.raises(InvalidInput, match="cannot deduce"):
+        codec.decode_raw_request(memoryview(b"\x00" * 16), "m", "", spec, batched=False)
 
 
 def test_blobs_longer_than_sizes() -> None:

@@ -135,7 +135,11 @@ class HttpApi:
             body, request.headers.get("content-encoding", ""), self.max_input_size
         )
         doc, blobs = codec.split_body(body, request.headers.get(codec.HEADER_LENGTH))
-        decoded = codec.decode_request(doc, blobs, name, version)
+        if doc is None:
+            spec, batched = self.dp.single_input(name, version)
+            decoded = codec.decode_raw_request(blobs, name, version, spec, batched)
+        else:
+            decoded = codec.decode_request(doc, blobs, name, version)
         response = await self.dp.infer(decoded.request)
         payload, header_length = codec.encode_response(response, decoded)
         headers: dict[str, str] = {}

@@ -7,6 +7,7 @@ decompressed size, so a small compressed body cannot expand without limit.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import numpy as np
 import orjson
 
 from runtime import tensors
+from runtime.config import TensorSpec
 from runtime.errors import InvalidInput, TooLarge, Unsupported
 from runtime.types import InferenceRequest, InferenceResponse, InputTensor, RequestedOutput
 
@@ -75,8 +77,8 @@ def accepted_encoding(header: str) -> str:
     return best
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
-    """The JSON part and the binary part of an infer body."""
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes | None, memoryview]:
+    """The JSON part and the binary part of an infer body; None for a raw binary body."""
     if header_length is None:
         return body, memoryview(b"")
     try:
@@ -89,12 +91,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
         raise InvalidInput(
             f"Inference-Header-Content-Length {n} is out of range: the body has {len(body)} bytes"
         )
-    if n == 0:
-        raise Unsupported(
-            "Inference-Header-Content-Length 0 (a raw binary body without a JSON header) is "
-            "not supported; send a JSON header describing the input"
-        )
     view = memoryview(body)
+    if n == 0:
+        return None, view
     return body[:n], view[n:]
 
 
@@ -164,6 +163,46 @@ def decode_request(
     if "outputs" in doc:
         result.request.outputs = _decode_outputs(doc["outputs"], result.binary_outputs)
     return result
+
+
+def decode_raw_request(
+    blob: memoryview, model_name: str, model_version: str, spec: TensorSpec, batched: bool
+) -> HttpRequest:
+    """A body that is only the bytes of a one-input model's input (header length 0).
+
+    The shape is the input's dims with at most one -1 deduced from the size, and a batch
+    of one where the model batches; every output comes back binary.
+    """
+    shape = _raw_shape(spec, len(blob))
+    if batched:
+        shape.insert(0, 1)
+    data = tensors.from_raw(blob, spec.datatype, shape, spec.name)
+    request = InferenceRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs={spec.name: InputTensor(spec.name, spec.datatype, data)},
+    )
+    return HttpRequest(request, binary_default=True)
+
+
+def _raw_shape(spec: TensorSpec, size: int) -> list[int]:
+    dims = list(spec.dims)
+    unknown = dims.count(-1)
+    if unknown == 0:
+        return dims
+    itemsize = tensors.byte_size(spec.datatype)
+    if unknown > 1 or itemsize == 0:
+        raise InvalidInput(
+            f"cannot deduce the shape of input '{spec.name}' ({spec.datatype} {dims}) from a "
+            "raw binary body; send a JSON header with the shape"
+        )
+    known = math.prod(d for d in dims if d != -1) * itemsize
+    if size % known:
+        raise InvalidInput(
+            f"raw binary body of {size} bytes is not a whole number of {spec.datatype} "
+            f"elements of shape {dims} for input '{spec.name}'"
+        )
+    return [size // known if d == -1 else d for d in dims]
 
 
 def _int_param(params: Mapping[str, Any], key: str) -> int:
