@@ -49,6 +49,16 @@ class BatchObserver:
         """Called when a queued request fails before it reached the model."""
 
 
+@dataclass(slots=True)
+class _Plan:
+    """The batch the queue's head allows now."""
+
+    count: int = 0
+    complete: bool = False
+    wait_ns: int = 0
+    deadline_ns: int = 0
+
+
 def _resolve(
     fut: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
 ) -> None:
@@ -181,56 +191,66 @@ class DynamicBatcher:
                 self._arrival.clear()
                 await self._arrival.wait()
                 continue
-            self._drop_dead()
-            if not self._queue:
+            plan = self._plan(time.monotonic_ns())
+            if plan.count == 0:
                 continue
-            count, complete = self._plan()
-            wait_ns = self._wait_ns(complete)
-            if wait_ns <= 0 or self._stopping:
-                return self._queue.popleft_matching(count)
+            if plan.wait_ns <= 0 or self._stopping:
+                return self._queue.popleft_matching(plan.count)
             self._arrival.clear()
             # asyncio.timeout arms one timer handle; wait_for would create a task per wait.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_ns / 1e9):
+                async with asyncio.timeout(plan.wait_ns / 1e9):
                     await self._arrival.wait()
 
-    def _drop_dead(self) -> None:
-        now = time.monotonic_ns()
-        for item in [
-            i for i in self._queue if i.future.done() or (i.deadline_ns and i.deadline_ns <= now)
-        ]:
+    def _plan(self, now: int) -> _Plan:
+        """Walk the head of the queue: how many requests the next batch takes, how long to wait.
+
+        Dead requests met on the way (cancelled or past their deadline) are answered and
+        dropped, so a long queue is never scanned beyond one batch.
+        """
+        plan = _Plan()
+        dead: list[Pending] = []
+        rows = preferred_count = 0
+        first_key: tuple[tuple[int, ...], ...] | None = None
+        for item in self._queue:
+            if item.future.done() or (item.deadline_ns and item.deadline_ns <= now):
+                dead.append(item)
+                continue
+            if first_key is None:
+                first_key = item.shape_key
+            elif item.shape_key != first_key or rows + item.rows > self._max_rows:
+                plan.complete = True
+                break
+            rows += item.rows
+            plan.count += 1
+            if item.deadline_ns:
+                plan.deadline_ns = min(plan.deadline_ns or item.deadline_ns, item.deadline_ns)
+            if rows in self._preferred:
+                preferred_count = plan.count
+            if not self._max_rows or rows == self._max_rows:
+                plan.complete = True
+                break
+        self._drop(dead)
+        if not plan.complete and preferred_count:
+            plan.count, plan.complete = preferred_count, True
+        plan.wait_ns = self._wait_ns(plan, now)
+        return plan
+
+    def _wait_ns(self, plan: _Plan, now: int) -> int:
+        if plan.complete or self._delay_ns == 0:
+            return 0
+        wait = self._queue.oldest_ns() + self._delay_ns - now
+        if plan.deadline_ns:  # wake to answer a request whose queue timeout runs out first
+            wait = min(wait, plan.deadline_ns - now + 1)
+        return wait
+
+    def _drop(self, dead: list[Pending]) -> None:
+        for item in dead:
             self._queue.remove(item)
             if not item.future.done():
                 error = Unavailable("Request timeout expired")
                 _resolve(item.future, error=error)
                 self._observer.on_rejected(item, error)
-
-    def _plan(self) -> tuple[int, bool]:
-        """How many queued requests the next batch takes, and whether it is complete."""
-        if not self._max_rows:
-            return 1, True
-        rows = count = 0
-        preferred_count = 0
-        first_key: tuple[tuple[int, ...], ...] | None = None
-        for item in self._queue:
-            if first_key is None:
-                first_key = item.shape_key
-            elif item.shape_key != first_key or rows + item.rows > self._max_rows:
-                return count, True
-            rows += item.rows
-            count += 1
-            if rows in self._preferred:
-                preferred_count = count
-            if rows == self._max_rows:
-                return count, True
-        if preferred_count:
-            return preferred_count, True
-        return count, False
-
-    def _wait_ns(self, complete: bool) -> int:
-        if complete or self._delay_ns == 0:
-            return 0
-        return self._queue.oldest_ns() + self._delay_ns - time.monotonic_ns()
 
     async def _execute(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()

@@ -393,6 +393,20 @@ def test_expired_request_fails_and_never_reaches_the_model() -> None:
     run(body())
 
 
+def test_queue_timeout_is_answered_while_the_batcher_waits_out_a_long_delay() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        policy = QueuePolicy(default_timeout_us=1000, allow_timeout_override=True)
+        # The delay is an hour: only a wake-up at the request's deadline can answer it.
+        config = make_config(8, delay_us=HOUR_US, policy=policy)
+        async with batcher_for(config, model) as batcher:
+            with pytest.raises(Unavailable, match="Request timeout expired"):
+                await submit(batcher, rows(1, 0))
+        assert model.calls == []
+
+    run(body())
+
+
 def test_request_timeout_is_ignored_without_override() -> None:
     async def body() -> None:
         model = FakeModel()
