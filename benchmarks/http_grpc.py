@@ -87,6 +87,11 @@ class ServerProcess:
             s = json.load(r)["model_stats"][0]
         return {"inference_count": s["inference_count"], "execution_count": s["execution_count"]}
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (Linux /proc), to show cost per request."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
@@ -134,7 +139,7 @@ async def sweep(server: ServerProcess, args: argparse.Namespace) -> list[dict[st
     rows = []
     for protocol in args.protocols:
         for c in args.concurrency:
-            before = server.stats()
+            before, cpu_before = server.stats(), server.cpu_s()
             if protocol == "http":
                 step = await run_http(
                     "127.0.0.1", server.http_port, http_req, c, args.duration, args.warmup
@@ -143,8 +148,11 @@ async def sweep(server: ServerProcess, args: argparse.Namespace) -> list[dict[st
                 step = await run_grpc(
                     f"127.0.0.1:{server.grpc_port}", grpc_req, c, args.duration, args.warmup
                 )
-            after = server.stats()
+            after, cpu = server.stats(), server.cpu_s() - cpu_before
             row = step.summary()
+            # The CPU time includes the warm-up requests, which are not counted: scale it.
+            measured = cpu * args.duration / (args.duration + args.warmup)
+            row["server_cpu_us_per_request"] = 1e6 * measured / max(row["requests"], 1)
             execs = after["execution_count"] - before["execution_count"]
             infers = after["inference_count"] - before["inference_count"]
             row["avg_batch"] = infers / execs if execs else 0.0
@@ -202,6 +210,7 @@ def main() -> None:
         "p50 ms",
         "p99 ms",
         "avg batch",
+        "server CPU us/req",
         "perf_analyzer req/s",
         "ORT ceiling rows/s",
         "errors",
@@ -216,11 +225,12 @@ def main() -> None:
             f"{r['p50_ms']:.2f}",
             f"{r['p99_ms']:.2f}",
             f"{r['avg_batch']:.1f}",
+            f"{r['server_cpu_us_per_request']:.0f}",
             "-" if pa is None else f"{pa:.0f}",
             f"{r['ort_ceiling_rps']:.0f}",
             str(sum(r["errors"].values())),
         )
-    Console().print(table)
+    Console(width=160).print(table)
     print(f"wrote {args.out}")
 
 

@@ -22,7 +22,7 @@ OPSET = 17
 IR_VERSION = 9
 # Bump when the bundled models or configs change so that stale caches are rebuilt.
 MARKER_NAME = ".conveyor-example-repository"
-MARKER_TEXT = "conveyor example repository v2\n"
+MARKER_TEXT = "conveyor example repository v3\n"
 
 MLP_CONFIG = """\
 name: "mlp"
@@ -52,6 +52,10 @@ instance_group [
     kind: KIND_CPU
   }
 ]
+parameters {
+  key: "intra_op_thread_count"
+  value: { string_value: "1" }
+}
 """
 
 

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import http.client
 import inspect
+import os
 import re
 import signal
 import subprocess
@@ -109,11 +110,17 @@ class ServerProcess:
                 self.process.stderr.close()
 
 
-def start_server(repo: Path, *extra: str) -> ServerProcess:
-    """Start the server on ephemeral ports and wait until it is ready."""
+def start_server(
+    repo: Path | None, *extra: str, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """Start the server on ephemeral ports and wait until it is ready.
+
+    Without a repo the server picks its bundled example repository.
+    """
     command = [
         sys.executable,
-        *("-m", "runtime", "serve", "--model-repository", str(repo)),
+        *("-m", "runtime", "serve"),
+        *(("--model-repository", str(repo)) if repo is not None else ()),
         *("--host", HOST, "--http-port", "0", "--grpc-port", "0"),
         *extra,
     ]
@@ -126,8 +133,9 @@ def start_server(repo: Path, *extra: str) -> ServerProcess:
         encoding="utf-8",
         errors="replace",
         cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, **(env or {})},
     )
-    server = ServerProcess(repo, process)
+    server = ServerProcess(repo or Path(), process)
     server.start_draining()
     try:
         server.wait_ready()
@@ -138,9 +146,11 @@ def start_server(repo: Path, *extra: str) -> ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(repo: Path, *extra: str) -> Iterator[ServerProcess]:
+def running_server(
+    repo: Path | None, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
     """A server for the duration of the block; it must exit 0 on SIGTERM."""
-    server = start_server(repo, *extra)
+    server = start_server(repo, *extra, env=env)
     try:
         yield server
     finally:
