@@ -314,6 +314,17 @@ def _batching(message: pb.ModelConfig) -> BatchingConfig:
         raise ConfigError(
             f"default_priority_level must be in [1, {levels}] when priority_levels is {levels}"
         )
+    default_policy = _queue_policy(db.default_queue_policy)
+    if db.preserve_ordering and levels > 1:
+        raise ConfigError("preserve_ordering cannot be combined with more than one priority level")
+    if (
+        db.preserve_ordering
+        and default_policy.timeout_action_delay
+        and (default_policy.default_timeout_us)
+    ):
+        raise ConfigError(
+            "preserve_ordering cannot be combined with timeout_action DELAY and a default timeout"
+        )
     return BatchingConfig(
         enabled=True,
         preferred_batch_sizes=tuple(sorted(set(db.preferred_batch_size))),
@@ -321,7 +332,7 @@ def _batching(message: pb.ModelConfig) -> BatchingConfig:
         preserve_ordering=db.preserve_ordering,
         priority_levels=levels,
         default_priority_level=default_level,
-        default_policy=_queue_policy(db.default_queue_policy),
+        default_policy=default_policy,
         priority_policies={k: _queue_policy(v) for k, v in db.priority_queue_policy.items()},
     )
 

@@ -145,7 +145,12 @@ class DataPlane:
             rows = _validate(model, request)
             arrays = {name: t.data for name, t in request.inputs.items()}
             future = model.batcher.submit(
-                arrays, rows, request.priority, request.timeout_us, request.id
+                arrays,
+                rows,
+                request.priority,
+                request.timeout_us,
+                request.id,
+                request.client_gone,
             )
             outputs = await future
             response = _response(model, request, outputs)

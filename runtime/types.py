@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,8 @@ class InferenceRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
     timeout_us: int = 0
+    # Set by an adapter that can tell when its client went away; checked at dequeue.
+    client_gone: Callable[[], bool] | None = None
 
 
 @dataclass(slots=True)

@@ -157,6 +157,7 @@ GRAPHS: dict[tuple[str, int], Callable[[], onnx.ModelProto]] = {
     ("two_versions", 2): lambda: _offset(2.0),
     ("noconfig", 1): lambda: _scale(3.0, ["batch", 3]),
     ("slow_fp32", 1): _slow,
+    ("queued_fp32", 1): lambda: _offset(0.5),
     ("all_types", 1): _all_types,
 }
 
@@ -290,6 +291,25 @@ def slow_fp32(root: Path) -> Path:
     return model_dir
 
 
+def queued_fp32(root: Path) -> Path:
+    """x + 0.5, held in the queue for up to 60 s until 8 rows make a batch; at most 4 queued.
+
+    Requests may set their own queue timeout; the queue policy tests rely on nothing
+    leaving the queue before a full batch or a timeout.
+    """
+    model_dir = write_model(root, "queued_fp32")
+    io: list[Tensor] = [("INPUT0", "FP32", [4])]
+    out: list[Tensor] = [("OUTPUT0", "FP32", [4])]
+    extra = (
+        "dynamic_batching {\n"
+        "  max_queue_delay_microseconds: 60000000\n"
+        "  default_queue_policy { max_queue_size: 4 allow_timeout_override: true }\n"
+        "}\n" + ONE_INSTANCE
+    )
+    write_config(model_dir, config_text("queued_fp32", 8, io, out, extra))
+    return model_dir
+
+
 def all_types(root: Path) -> Path:
     """IN_<DT> -> OUT_<DT> Identity for every datatype in DATATYPES, dims [3]."""
     model_dir = write_model(root, "all_types")
@@ -309,6 +329,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "noconfig": noconfig,
     "corrupt": corrupt,
     "slow_fp32": slow_fp32,
+    "queued_fp32": queued_fp32,
     "all_types": all_types,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(BUILDERS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ import numpy as np
 
 from runtime.batching.queue import Pending, PriorityQueue
 from runtime.config import ModelConfig
-from runtime.errors import InternalError, ServingError, Unavailable
+from runtime.errors import Cancelled, InternalError, ServingError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,16 @@ class _Plan:
 
     count: int = 0
     complete: bool = False
-    wait_ns: int = 0
     deadline_ns: int = 0
+
+
+def _is_dead(item: Pending, now: int) -> bool:
+    """Cancelled, past its queue deadline, or its client went away."""
+    return (
+        item.future.done()
+        or bool(item.deadline_ns and item.deadline_ns <= now)
+        or (item.client_gone is not None and item.client_gone())
+    )
 
 
 def _resolve(
@@ -91,6 +100,10 @@ class DynamicBatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Batches by dispatch order, for preserve_ordering.
+        self._dispatched = 0
+        self._released = 0
+        self._finished: dict[int, Callable[[], None]] = {}
         self.failed: BaseException | None = None
 
     @property
@@ -113,6 +126,7 @@ class DynamicBatcher:
         priority: int = 0,
         timeout_us: int = 0,
         request_id: str = "",
+        client_gone: Callable[[], bool] | None = None,
     ) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queue one request; the returned future holds its own rows of every output."""
         if self._stopping or self.failed is not None:
@@ -128,6 +142,7 @@ class DynamicBatcher:
             enqueued_ns=now,
             deadline_ns=now + timeout * 1000 if timeout else 0,
             level=level,
+            client_gone=client_gone,
             shape_key=tuple(a.shape[1:] for a in inputs.values()) if self._max_rows else (),
         )
         self._queue.put(item, request_id)
@@ -191,15 +206,17 @@ class DynamicBatcher:
                 self._arrival.clear()
                 await self._arrival.wait()
                 continue
-            plan = self._plan(time.monotonic_ns())
+            now = time.monotonic_ns()
+            plan = self._plan(now)
             if plan.count == 0:
                 continue
-            if plan.wait_ns <= 0 or self._stopping:
+            wait_ns = self._wait_ns(plan, now)
+            if wait_ns <= 0 or self._stopping:
                 return self._queue.popleft_matching(plan.count)
             self._arrival.clear()
             # asyncio.timeout arms one timer handle; wait_for would create a task per wait.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(plan.wait_ns / 1e9):
+                async with asyncio.timeout(wait_ns / 1e9):
                     await self._arrival.wait()
 
     def _plan(self, now: int) -> _Plan:
@@ -213,7 +230,7 @@ class DynamicBatcher:
         rows = preferred_count = 0
         first_key: tuple[tuple[int, ...], ...] | None = None
         for item in self._queue:
-            if item.future.done() or (item.deadline_ns and item.deadline_ns <= now):
+            if _is_dead(item, now):
                 dead.append(item)
                 continue
             if first_key is None:
@@ -230,10 +247,10 @@ class DynamicBatcher:
             if not self._max_rows or rows == self._max_rows:
                 plan.complete = True
                 break
-        self._drop(dead)
+        if self._drop(dead):
+            return self._plan(now)  # the serving order changed under the count
         if not plan.complete and preferred_count:
             plan.count, plan.complete = preferred_count, True
-        plan.wait_ns = self._wait_ns(plan, now)
         return plan
 
     def _wait_ns(self, plan: _Plan, now: int) -> int:
@@ -244,36 +261,61 @@ class DynamicBatcher:
             wait = min(wait, plan.deadline_ns - now + 1)
         return wait
 
-    def _drop(self, dead: list[Pending]) -> None:
+    def _drop(self, dead: list[Pending]) -> bool:
+        """Answer and remove dead requests, or delay them; True if any was delayed."""
+        delayed = False
         for item in dead:
+            if item.client_gone is not None and item.client_gone():
+                self._queue.remove(item)
+                error: ServingError = Cancelled("the client went away while the request was queued")
+                _resolve(item.future, error=error)
+                self._observer.on_rejected(item, error)
+                continue
+            if not item.future.done() and self._queue.delay_on_timeout[item.level]:
+                self._queue.delay(item)  # timeout_action: DELAY
+                delayed = True
+                continue
             self._queue.remove(item)
             if not item.future.done():
                 error = Unavailable("Request timeout expired")
                 _resolve(item.future, error=error)
                 self._observer.on_rejected(item, error)
+        return delayed
 
     async def _execute(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()
         dispatched_ns = time.monotonic_ns()
+        seq = self._dispatched
+        self._dispatched += 1
         try:
             outputs, times = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, ServingError)
-                else InternalError(f"model '{self._config.name}' failed to run: {exc}")
-            )
             if not isinstance(exc, ServingError):
                 log.exception("model '%s' failed on a batch of %d", self._config.name, len(batch))
+                exc = InternalError(f"model '{self._config.name}' failed to run: {exc}")
             rows = sum(p.rows for p in batch)
-            self._observer.on_batch(BatchTimes(rows, 0, 0, 0, dispatched_ns), batch, ok=False)
-            for item in batch:
-                _resolve(item.future, error=error)
+            failed = BatchTimes(rows, 0, 0, 0, dispatched_ns)
+            self._release(seq, functools.partial(self._fail, exc, batch, failed))
             return
         finally:
             self._slots.release()
         times.dispatched_ns = dispatched_ns
-        self._scatter(outputs, batch, times)
+        self._release(seq, functools.partial(self._scatter, outputs, batch, times))
+
+    def _release(self, seq: int, answer: Callable[[], None]) -> None:
+        """Answer a finished batch; with preserve_ordering, only after every earlier one."""
+        if not self._batching.preserve_ordering:
+            answer()
+            return
+        self._finished[seq] = answer
+        while self._released in self._finished:
+            self._finished.pop(self._released)()
+            self._released += 1
+
+    def _fail(self, error: ServingError, batch: list[Pending], times: BatchTimes) -> None:
+        self._observer.on_batch(times, batch, ok=False)
+        for item in batch:
+            _resolve(item.future, error=error)
 
     def _run_batch(self, batch: list[Pending]) -> tuple[dict[str, np.ndarray], BatchTimes]:
         t0 = time.perf_counter_ns()

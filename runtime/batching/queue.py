@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,20 +24,26 @@ class Pending:
     enqueued_ns: int
     deadline_ns: int = 0
     level: int = 0
+    delayed: int = 0
+    client_gone: Callable[[], bool] | None = None
     shape_key: tuple[tuple[int, ...], ...] = field(default=())
 
 
 class PriorityQueue:
     """Requests by priority level (1 = highest), FIFO within a level.
 
+    Each level keeps a second FIFO for requests whose queue timeout ran out under
+    `timeout_action: DELAY`: they are served after every live request of their level.
     Admission happens at `put`: a level whose queue is full refuses at once, as Triton does.
     """
 
     def __init__(self, config: BatchingConfig) -> None:
         self._config = config
         levels = max(config.priority_levels, 1)
-        self._levels: list[deque[Pending]] = [deque() for _ in range(levels)]
+        # Serving order: level 1 live, level 1 delayed, level 2 live, ...
+        self._order: list[deque[Pending]] = [deque() for _ in range(2 * levels)]
         self._limits = [config.policy(i + 1).max_queue_size for i in range(levels)]
+        self.delay_on_timeout = [config.policy(i + 1).timeout_action_delay for i in range(levels)]
         self._size = 0
 
     def __len__(self) -> int:
@@ -53,32 +59,39 @@ class PriorityQueue:
         return priority - 1
 
     def put(self, item: Pending, request_id: str) -> None:
-        queue = self._levels[item.level]
+        live, delayed = self._order[2 * item.level], self._order[2 * item.level + 1]
         limit = self._limits[item.level]
-        if limit and len(queue) >= limit:
+        if limit and len(live) + len(delayed) >= limit:
             raise Unavailable(
                 f"[request id: {request_id or '<id_unknown>'}] Exceeds maximum queue size"
             )
-        queue.append(item)
+        live.append(item)
         self._size += 1
 
     def oldest_ns(self) -> int:
         """Enqueue time of the oldest pending request (the delay is measured from it)."""
-        return min(q[0].enqueued_ns for q in self._levels if q)
+        return min(q[0].enqueued_ns for q in self._order if q)
 
     def __iter__(self) -> Iterator[Pending]:
-        for q in self._levels:
+        for q in self._order:
             yield from q
 
     def popleft_matching(self, count: int) -> list[Pending]:
-        """Remove the first `count` requests in priority order."""
+        """Remove the first `count` requests in serving order."""
         taken: list[Pending] = []
-        for q in self._levels:
+        for q in self._order:
             while q and len(taken) < count:
                 taken.append(q.popleft())
         self._size -= len(taken)
         return taken
 
     def remove(self, item: Pending) -> None:
-        self._levels[item.level].remove(item)
+        self._order[2 * item.level + item.delayed].remove(item)
         self._size -= 1
+
+    def delay(self, item: Pending) -> None:
+        """Move an expired request behind the live ones of its level; it no longer expires."""
+        self._order[2 * item.level].remove(item)
+        item.delayed = 1
+        item.deadline_ns = 0
+        self._order[2 * item.level + 1].append(item)

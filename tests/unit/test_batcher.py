@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from runtime import config as cfg
 from runtime.batching.batcher import BatchObserver, BatchTimes, DynamicBatcher
 from runtime.batching.queue import Pending
 from runtime.config import BatchingConfig, GraphTensor, ModelConfig, QueuePolicy, TensorSpec
-from runtime.errors import InternalError, InvalidInput, ServingError, Unavailable
+from runtime.errors import Cancelled, InternalError, InvalidInput, ServingError, Unavailable
 from runtime.proto import model_config_pb2 as pb
 from runtime.statistics import ModelStatistics
 
@@ -402,7 +403,11 @@ def test_queue_timeout_is_answered_while_the_batcher_waits_out_a_long_delay() ->
         async with batcher_for(config, model) as batcher:
             with pytest.raises(Unavailable, match="Request timeout expired"):
                 await submit(batcher, rows(1, 0))
-        assert model.calls == []
+            assert model.calls == []
+            # The queue emptied by expiry must leave the loop alive for the next batch.
+            full = rows(8, 10)
+            await check_own_rows([submit(batcher, full)], [full])
+            assert batcher.failed is None
 
     run(body())
 
@@ -773,5 +778,81 @@ def test_stop_after_a_crashed_loop_does_not_raise() -> None:
         batcher = broken_batcher(model)
         await crash_the_loop(batcher, model)
         await batcher.stop(drain=True)
+
+    run(body())
+
+
+# --- timeout_action DELAY, preserve_ordering, clients that went away -------------------------
+
+
+def test_delay_action_moves_an_expired_request_behind_live_ones() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        policy = QueuePolicy(
+            timeout_action_delay=True, default_timeout_us=HOUR_US, allow_timeout_override=True
+        )
+        async with batcher_for(make_config(1, policy=policy), model) as batcher:
+            model.block()
+            busy = submit(batcher, rows(1, 0))
+            await model.entered()
+            late = submit(batcher, rows(1, 100), timeout_us=1)  # expires while queued
+            live = submit(batcher, rows(1, 200))
+            model.gate.set()
+            await check_own_rows([busy, live, late], [rows(1, 0), rows(1, 200), rows(1, 100)])
+        # DELAY: the expired request still runs, after the live one queued behind it.
+        assert [c[0, 0] for c in model.calls] == [0, 200, 100]
+
+    run(body())
+
+
+def test_preserve_ordering_answers_batches_in_dispatch_order() -> None:
+    async def body() -> None:
+        first_may_finish = threading.Event()
+        second_returned = threading.Event()
+
+        def run_fn(inputs: Mapping[str, np.ndarray]) -> Arrays:
+            x = inputs["INPUT0"]
+            if x[0, 0] == 0:
+                first_may_finish.wait(WAIT_S)
+            else:
+                second_returned.set()
+            return {"OUTPUT0": x * 2}
+
+        config = make_config(1, instance_count=2)
+        config = dataclasses.replace(
+            config, batching=dataclasses.replace(config.batching, preserve_ordering=True)
+        )
+        async with batcher_for(config, FakeModel(run_fn)) as batcher:
+            order: list[int] = []
+            sent = [rows(1, 0), rows(1, 100)]
+            futures = [submit(batcher, d) for d in sent]
+            for i, fut in enumerate(futures):
+                fut.add_done_callback(lambda _, i=i: order.append(i))
+            # The second batch finishes first; its answer must wait for the first's.
+            assert await asyncio.to_thread(second_returned.wait, WAIT_S)
+            first_may_finish.set()
+            await check_own_rows(futures, sent)
+        assert order == [0, 1]
+
+    run(body())
+
+
+def test_request_whose_client_went_away_is_dropped_at_dequeue() -> None:
+    async def body() -> None:
+        model = FakeModel()
+        recorder = Recorder()
+        async with batcher_for(make_config(1), model, recorder) as batcher:
+            model.block()
+            busy = submit(batcher, rows(1, 0))
+            await model.entered()
+            gone = submit(batcher, rows(1, 100), client_gone=lambda: True)
+            kept = rows(1, 200)
+            waiting = submit(batcher, kept, client_gone=lambda: False)
+            model.gate.set()
+            with pytest.raises(Cancelled, match="client went away"):
+                await gone
+            await check_own_rows([busy, waiting], [rows(1, 0), kept])
+        assert [c[0, 0] for c in model.calls] == [0, 200]
+        assert [type(e) for e in recorder.rejected] == [Cancelled]
 
     run(body())

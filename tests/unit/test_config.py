@@ -312,6 +312,29 @@ def test_build_default_priority_level_out_of_range(level: int) -> None:
         cfg.build(complete_text(text))
 
 
+@pytest.mark.parametrize(
+    "block",
+    [
+        "preserve_ordering: true priority_levels: 2 default_priority_level: 1",
+        "preserve_ordering: true default_queue_policy "
+        "{ timeout_action: DELAY default_timeout_microseconds: 100 }",
+    ],
+)
+def test_build_refuses_preserve_ordering_with_what_would_reorder(block: str) -> None:
+    with pytest.raises(ConfigError, match="preserve_ordering"):
+        cfg.build(complete_text(f"max_batch_size: 8\ndynamic_batching {{ {block} }}"))
+
+
+def test_build_keeps_preserve_ordering_and_the_delay_action() -> None:
+    text = (
+        "max_batch_size: 8\ndynamic_batching { preserve_ordering: true "
+        "default_queue_policy { timeout_action: DELAY } }"
+    )
+    batching = cfg.build(complete_text(text)).batching
+    assert batching.preserve_ordering
+    assert batching.default_policy.timeout_action_delay
+
+
 def test_build_label_file_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"labels\.txt"):
         built(FULL_CONFIG, tmp_path)

@@ -140,6 +140,7 @@ class HttpApi:
             decoded = codec.decode_raw_request(blobs, name, version, spec, batched)
         else:
             decoded = codec.decode_request(doc, blobs, name, version)
+        decoded.request.client_gone = _disconnect_probe(request)
         response = await self.dp.infer(decoded.request)
         payload, header_length = codec.encode_response(response, decoded)
         headers: dict[str, str] = {}
@@ -170,6 +171,19 @@ class HttpApi:
                 )
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _disconnect_probe(request: Request) -> Callable[[], bool] | None:
+    """A zero-cost check of whether the HTTP client went away, where uvicorn offers one.
+
+    uvicorn marks its request cycle `disconnected` when the connection drops; the batcher
+    asks at dequeue, so a request whose client left is dropped without running. A watcher
+    task per request would notice sooner but measurably costs the hot path.
+    """
+    cycle = getattr(request.receive, "__self__", None)
+    if cycle is None or not isinstance(getattr(cycle, "disconnected", None), bool):
+        return None
+    return lambda: bool(cycle.disconnected)
 
 
 def _model(request: Request) -> tuple[str, str]:
