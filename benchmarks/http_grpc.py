@@ -19,11 +19,8 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
+from serverproc import ServerProcess, batch_delta
 
 from runtime.examples import build_example_repository
 from runtime.loadtest.client import grpc_request_bytes, http_request_bytes, run_grpc, run_http
@@ -38,63 +36,6 @@ from runtime.loadtest.client import grpc_request_bytes, http_request_bytes, run_
 ROOT = Path(__file__).resolve().parent.parent
 PERF_ANALYZER = ROOT / ".tools" / "perf_analyzer" / "bin" / "perf_analyzer"
 MODEL = "mlp"
-
-
-class ServerProcess:
-    """`conveyor serve` in a subprocess on ephemeral loopback ports."""
-
-    def __init__(self, repo: Path) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "runtime",
-            "serve",
-            "--model-repository",
-            str(repo),
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--log-level",
-            "warning",
-        ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # Log at info just long enough to learn the ports.
-        cmd[-1] = "info"
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
-        self.http_port = self.grpc_port = 0
-        ready = threading.Event()
-        threading.Thread(target=self._drain, args=(ready,), daemon=True).start()
-        if not ready.wait(120):
-            self.proc.kill()
-            raise RuntimeError("server did not become ready")
-
-    def _drain(self, ready: threading.Event) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            if m := re.search(r"Started HTTPService at [^:]+:(\d+)", line):
-                self.http_port = int(m.group(1))
-            if m := re.search(r"Started GRPCInferenceService at [^:]+:(\d+)", line):
-                self.grpc_port = int(m.group(1))
-            if "server is ready" in line:
-                ready.set()
-
-    def stats(self) -> dict[str, int]:
-        url = f"http://127.0.0.1:{self.http_port}/v2/models/{MODEL}/stats"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            s = json.load(r)["model_stats"][0]
-        return {"inference_count": s["inference_count"], "execution_count": s["execution_count"]}
-
-    def cpu_s(self) -> float:
-        """CPU seconds the server process has used (Linux /proc), to show cost per request."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def ort_ceiling(model_path: Path, batch: int, seconds: float = 2.0) -> float:
@@ -139,7 +80,7 @@ async def sweep(server: ServerProcess, args: argparse.Namespace) -> list[dict[st
     rows = []
     for protocol in args.protocols:
         for c in args.concurrency:
-            before, cpu_before = server.stats(), server.cpu_s()
+            before, cpu_before = server.stats(MODEL), server.cpu_s()
             if protocol == "http":
                 step = await run_http(
                     "127.0.0.1", server.http_port, http_req, c, args.duration, args.warmup
@@ -148,14 +89,12 @@ async def sweep(server: ServerProcess, args: argparse.Namespace) -> list[dict[st
                 step = await run_grpc(
                     f"127.0.0.1:{server.grpc_port}", grpc_req, c, args.duration, args.warmup
                 )
-            after, cpu = server.stats(), server.cpu_s() - cpu_before
+            after, cpu = server.stats(MODEL), server.cpu_s() - cpu_before
             row = step.summary()
             # The CPU time includes the warm-up requests, which are not counted: scale it.
             measured = cpu * args.duration / (args.duration + args.warmup)
             row["server_cpu_us_per_request"] = 1e6 * measured / max(row["requests"], 1)
-            execs = after["execution_count"] - before["execution_count"]
-            infers = after["inference_count"] - before["inference_count"]
-            row["avg_batch"] = infers / execs if execs else 0.0
+            row.update(batch_delta(before, after))
             rows.append(row)
     return rows
 

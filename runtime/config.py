@@ -65,6 +65,8 @@ class BatchingConfig:
     default_priority_level: int = 0
     default_policy: QueuePolicy = QueuePolicy()
     priority_policies: Mapping[int, QueuePolicy] = field(default_factory=dict)
+    # Conveyor's own: a p99 target for queue + compute that the batcher adapts to (0 = off).
+    latency_slo_us: int = 0
 
     def policy(self, level: int) -> QueuePolicy:
         """The queue policy of one priority level."""
@@ -298,6 +300,20 @@ def _queue_policy(p: Any) -> QueuePolicy:
     )
 
 
+def _latency_slo_us(message: pb.ModelConfig) -> int:
+    """`parameters { key: "latency_slo_ms" ... }`, in microseconds; 0 when absent."""
+    if "latency_slo_ms" not in message.parameters:
+        return 0
+    text = message.parameters["latency_slo_ms"].string_value
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"parameter latency_slo_ms must be a positive number, got '{text}'")
+    return round(value * 1000)
+
+
 def _batching(message: pb.ModelConfig) -> BatchingConfig:
     if not message.HasField("dynamic_batching") or message.max_batch_size == 0:
         return BatchingConfig()
@@ -326,6 +342,7 @@ def _batching(message: pb.ModelConfig) -> BatchingConfig:
             "preserve_ordering cannot be combined with timeout_action DELAY and a default timeout"
         )
     return BatchingConfig(
+        latency_slo_us=_latency_slo_us(message),
         enabled=True,
         preferred_batch_sizes=tuple(sorted(set(db.preferred_batch_size))),
         max_queue_delay_us=db.max_queue_delay_microseconds,

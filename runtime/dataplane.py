@@ -136,7 +136,7 @@ class DataPlane:
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """Validate, queue, wait for the batch, and build this request's response."""
-        start = time.monotonic_ns()
+        start = request.received_ns or time.monotonic_ns()
         model = self.registry.get(request.model_name, request.model_version)
         ok = False
         try:
@@ -155,6 +155,9 @@ class DataPlane:
             outputs = await future
             response = _response(model, request, outputs)
             ok = True
+            if model.batcher.slo is not None:
+                # The whole stay in the server, front end included, is what the target bounds.
+                model.batcher.slo.observe_request(time.monotonic_ns() - start)
             return response
         finally:
             model.stats.request_done(time.monotonic_ns() - start, ok)

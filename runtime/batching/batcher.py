@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.batching.adaptive import SloController
 from runtime.batching.queue import Pending, PriorityQueue
 from runtime.config import ModelConfig
 from runtime.errors import Cancelled, InternalError, ServingError, Unavailable
@@ -91,6 +92,11 @@ class DynamicBatcher:
         self._queue = PriorityQueue(config.batching)
         self._max_rows = config.max_batch_size if config.batching.enabled else 0
         self._delay_ns = config.batching.max_queue_delay_us * 1000
+        self.slo: SloController | None = None
+        if self._max_rows and config.batching.latency_slo_us:
+            self.slo = SloController(
+                config.batching.latency_slo_us * 1000, self._max_rows, self._delay_ns
+            )
         self._preferred = config.batching.preferred_batch_sizes
         self._executor = ThreadPoolExecutor(
             max_workers=config.instance_count, thread_name_prefix=f"model-{config.name}"
@@ -229,13 +235,14 @@ class DynamicBatcher:
         dead: list[Pending] = []
         rows = preferred_count = 0
         first_key: tuple[tuple[int, ...], ...] | None = None
+        cap = self.slo.rows_cap if self.slo is not None else self._max_rows
         for item in self._queue:
             if _is_dead(item, now):
                 dead.append(item)
                 continue
             if first_key is None:
                 first_key = item.shape_key
-            elif item.shape_key != first_key or rows + item.rows > self._max_rows:
+            elif item.shape_key != first_key or rows + item.rows > cap:
                 plan.complete = True
                 break
             rows += item.rows
@@ -244,7 +251,7 @@ class DynamicBatcher:
                 plan.deadline_ns = min(plan.deadline_ns or item.deadline_ns, item.deadline_ns)
             if rows in self._preferred:
                 preferred_count = plan.count
-            if not self._max_rows or rows == self._max_rows:
+            if not cap or rows >= cap:
                 plan.complete = True
                 break
         if self._drop(dead):
@@ -254,9 +261,10 @@ class DynamicBatcher:
         return plan
 
     def _wait_ns(self, plan: _Plan, now: int) -> int:
-        if plan.complete or self._delay_ns == 0:
+        delay_ns = self.slo.delay_ns if self.slo is not None else self._delay_ns
+        if plan.complete or delay_ns == 0:
             return 0
-        wait = self._queue.oldest_ns() + self._delay_ns - now
+        wait = self._queue.oldest_ns() + delay_ns - now
         if plan.deadline_ns:  # wake to answer a request whose queue timeout runs out first
             wait = min(wait, plan.deadline_ns - now + 1)
         return wait
@@ -352,3 +360,5 @@ class DynamicBatcher:
                 start = stop
         times.output_ns = time.perf_counter_ns() - t0
         self._observer.on_batch(times, batch, ok=True)
+        if self.slo is not None:
+            self.slo.observe_batch(time.monotonic_ns() - times.dispatched_ns)

@@ -31,6 +31,7 @@ class StepResult:
     duration_s: float
     latencies_s: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    rate_rps: float = 0.0  # the offered rate of an open loop; 0 for a closed loop
 
     @property
     def requests(self) -> int:
@@ -41,6 +42,7 @@ class StepResult:
         return {
             "protocol": self.protocol,
             "concurrency": self.concurrency,
+            "offered_rps": self.rate_rps,
             "requests": self.requests,
             "throughput_rps": self.requests / self.duration_s if self.duration_s else 0.0,
             "p50_ms": float(np.percentile(lat, 50)),
@@ -98,15 +100,7 @@ async def _http_caller(host: str, port: int, request: bytes) -> tuple[Call, Call
     reader, writer = await asyncio.open_connection(host, port)
 
     async def call() -> str | None:
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = head[9:12].decode()
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await reader.readexactly(length)
-        return None if status == "200" else f"HTTP {status}"
+        return await _http_exchange(reader, writer, request)
 
     return call, writer.close
 
@@ -160,14 +154,108 @@ async def run_grpc(
     result = StepResult("grpc", concurrency, duration_s)
     options = [("grpc.max_receive_message_length", 2**31 - 1)]
     async with grpc.aio.insecure_channel(url, options=options) as channel:
-        method = channel.unary_unary(MODEL_INFER)
-
-        async def call() -> str | None:
-            try:
-                await method(request)
-            except grpc.aio.AioRpcError as exc:
-                return str(exc.code())
-            return None
-
+        call = grpc_call(channel, request)
         await _run_workers([call] * concurrency, duration_s, warmup_s, result)
     return result
+
+
+async def _http_exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> str | None:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    status = head[9:12].decode()
+    return None if status == "200" else f"HTTP {status}"
+
+
+class HttpPool:
+    """Keep-alive connections for an open loop: one per request in flight, reused when idle."""
+
+    def __init__(self, host: str, port: int, request: bytes) -> None:
+        self.host, self.port, self.request = host, port, request
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._all: list[asyncio.StreamWriter] = []
+
+    async def call(self) -> str | None:
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self._all.append(writer)
+        error = await _http_exchange(reader, writer, self.request)
+        self._idle.append((reader, writer))
+        return error
+
+    def close(self) -> None:
+        for writer in self._all:
+            writer.close()
+
+
+async def run_open_loop(
+    protocol: str,
+    call: Call,
+    rate_rps: float,
+    duration_s: float,
+    warmup_s: float,
+    seed: int = 0,
+) -> StepResult:
+    """Poisson arrivals at `rate_rps`; latency counts from each request's scheduled time.
+
+    Measuring from the schedule rather than the send keeps a slow server from hiding its
+    queueing by slowing the client down (no coordinated omission).
+    """
+    loop = asyncio.get_running_loop()
+    rng = np.random.default_rng(seed)
+    result = StepResult(protocol, 0, duration_s)
+    result.rate_rps = rate_rps
+    start = loop.time()
+    measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(scheduled: float) -> None:
+        try:
+            error = await call()
+        except Exception as exc:
+            error = type(exc).__name__
+        if scheduled < measure_from:
+            return
+        if error is None:
+            result.latencies_s.append(loop.time() - scheduled)
+        else:
+            result.errors[error] = result.errors.get(error, 0) + 1
+
+    scheduled = start
+    while True:
+        scheduled += rng.exponential(1.0 / rate_rps)
+        if scheduled >= stop_at:
+            break
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = loop.create_task(one(scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+    return result
+
+
+def grpc_call(channel: Any, request: bytes) -> Call:
+    """One pre-serialised ModelInfer call on a grpc.aio channel."""
+    import grpc
+
+    method = channel.unary_unary(MODEL_INFER)
+
+    async def call() -> str | None:
+        try:
+            await method(request)
+        except grpc.aio.AioRpcError as exc:
+            return str(exc.code())
+        return None
+
+    return call

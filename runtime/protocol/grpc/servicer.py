@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -109,8 +110,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     @unary
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        response = await self.dp.infer(codec.decode_request(request))
-        return codec.encode_response(response)
+        received_ns = time.monotonic_ns()
+        decoded = codec.decode_request(request)
+        decoded.received_ns = received_ns
+        return codec.encode_response(await self.dp.infer(decoded))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Any

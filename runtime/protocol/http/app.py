@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -129,6 +130,7 @@ class HttpApi:
     # -- inference ----------------------------------------------------------------------
 
     async def infer(self, request: Request) -> Response:
+        received_ns = time.monotonic_ns()
         name, version = _model(request)
         body = await self._body(request)
         body = codec.decompress(
@@ -141,6 +143,7 @@ class HttpApi:
         else:
             decoded = codec.decode_request(doc, blobs, name, version)
         decoded.request.client_gone = _disconnect_probe(request)
+        decoded.request.received_ns = received_ns
         response = await self.dp.infer(decoded.request)
         payload, header_length = codec.encode_response(response, decoded)
         headers: dict[str, str] = {}

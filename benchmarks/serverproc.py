@@ -1,0 +1,79 @@
+"""`conveyor serve` in a subprocess on ephemeral loopback ports, for the benchmark scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+class ServerProcess:
+    """Start the server on a repository and learn its ports from the log."""
+
+    def __init__(self, repo: Path, *extra: str) -> None:
+        cmd = [
+            *(sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo)),
+            *("--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"),
+            *extra,
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+        self.http_port = self.grpc_port = 0
+        self.log: list[str] = []
+        ready = threading.Event()
+        threading.Thread(target=self._drain, args=(ready,), daemon=True).start()
+        if not ready.wait(120):
+            self.proc.kill()
+            raise RuntimeError("server did not become ready:\n" + "".join(self.log[-30:]))
+
+    def _drain(self, ready: threading.Event) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if m := re.search(r"Started HTTPService at [^:]+:(\d+)", line):
+                self.http_port = int(m.group(1))
+            if m := re.search(r"Started GRPCInferenceService at [^:]+:(\d+)", line):
+                self.grpc_port = int(m.group(1))
+            if "server is ready" in line:
+                ready.set()
+        ready.set()
+
+    def stats(self, model: str) -> dict[str, Any]:
+        """The model's statistics extension record (its latest version)."""
+        url = f"http://127.0.0.1:{self.http_port}/v2/models/{model}/stats"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            records: list[dict[str, Any]] = json.load(r)["model_stats"]
+        return max(records, key=lambda s: int(s["version"]))
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (Linux /proc), to show cost per request."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Average batch size and server-side time per request between two stats records."""
+    execs = after["execution_count"] - before["execution_count"]
+    infers = after["inference_count"] - before["inference_count"]
+
+    def per_request(key: str) -> float:
+        a, b = after["inference_stats"][key], before["inference_stats"][key]
+        count = a["count"] - b["count"]
+        return (a["ns"] - b["ns"]) / count / 1e6 if count else 0.0
+
+    server_ms = sum(per_request(k) for k in ("queue", "compute_input", "compute_infer"))
+    return {
+        "avg_batch": infers / execs if execs else 0.0,
+        "server_queue_ms": per_request("queue"),
+        "server_ms": server_ms + per_request("compute_output"),
+    }
