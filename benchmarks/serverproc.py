@@ -19,7 +19,7 @@ class ServerProcess:
     def __init__(self, repo: Path, *extra: str) -> None:
         cmd = [
             *(sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo)),
-            *("--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"),
+            *("--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"),
             *extra,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -30,6 +30,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--allow-http", type=_bool, default=True, help="serve HTTP (default true)")
     p.add_argument("--allow-grpc", type=_bool, default=True, help="serve gRPC (default true)")
     p.add_argument(
+        "--allow-metrics", type=_bool, default=True, help="serve Prometheus metrics (default true)"
+    )
+    p.add_argument(
         "--model-control-mode",
         choices=["none", "explicit"],
         default="none",
@@ -94,6 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        allow_metrics=args.allow_metrics,
         allow_http=args.allow_http,
         allow_grpc=args.allow_grpc,
         model_control_mode=args.model_control_mode,

@@ -138,7 +138,7 @@ class DataPlane:
         """Validate, queue, wait for the batch, and build this request's response."""
         start = request.received_ns or time.monotonic_ns()
         model = self.registry.get(request.model_name, request.model_version)
-        ok = False
+        error: BaseException | None = None
         try:
             if not self.ready:
                 raise Unavailable("the server is not ready")
@@ -154,13 +154,17 @@ class DataPlane:
             )
             outputs = await future
             response = _response(model, request, outputs)
-            ok = True
             if model.batcher.slo is not None:
                 # The whole stay in the server, front end included, is what the target bounds.
                 model.batcher.slo.observe_request(time.monotonic_ns() - start)
             return response
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            model.stats.request_done(time.monotonic_ns() - start, ok)
+            duration_ns = time.monotonic_ns() - start
+            for observer in model.request_observers:
+                observer.request_done(duration_ns, error, request.protocol)
 
 
 def _validate(model: ModelVersion, request: InferenceRequest) -> int:

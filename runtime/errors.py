@@ -69,6 +69,10 @@ class Unavailable(ServingError):
     code = Code.UNAVAILABLE
 
 
+class Rejected(Unavailable):
+    """The queue refused or gave up on the request (full, or its queue timeout ran out)."""
+
+
 class Unsupported(ServingError):
     """The request asks for something this server does not implement."""
 

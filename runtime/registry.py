@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +16,21 @@ import numpy as np
 
 from runtime import config as cfg
 from runtime import repository
-from runtime.batching.batcher import DynamicBatcher
+from runtime.batching.batcher import BatchObserver, DynamicBatcher, ObserverGroup
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput, NotFound, Unavailable
 from runtime.proto import model_config_pb2 as pb
 from runtime.repository import LoadedVersion
-from runtime.statistics import ModelStatistics
+from runtime.statistics import ModelStatistics, RequestObserver
 
 log = logging.getLogger(__name__)
+
+
+class ModelObserver(BatchObserver, RequestObserver):
+    """Watches one model version's batches and requests (the metrics implement it)."""
+
+
+ObserverFactory = Callable[[str, str], Sequence[ModelObserver]]
 
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
@@ -41,6 +48,8 @@ class ModelVersion:
     loaded: LoadedVersion
     batcher: DynamicBatcher
     stats: ModelStatistics
+    # Everyone told about each finished request: the statistics first, then metrics.
+    request_observers: tuple[RequestObserver, ...] = ()
     inputs: dict[str, TensorSpec] = field(default_factory=dict)
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
     output_names: list[str] = field(default_factory=list)
@@ -76,9 +85,15 @@ class ModelEntry:
 class Registry:
     """Owns every loaded model; the data plane asks it for (name, version)."""
 
-    def __init__(self, roots: Sequence[Path], device: str = "auto") -> None:
+    def __init__(
+        self,
+        roots: Sequence[Path],
+        device: str = "auto",
+        observers_for: ObserverFactory | None = None,
+    ) -> None:
         self.roots = list(roots)
         self.device = device
+        self.observers_for = observers_for
         self._models: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -182,7 +197,7 @@ class Registry:
                 entry.states[version] = (UNAVAILABLE, str(exc))
                 log.error("model '%s' version %d is unavailable: %s", entry.name, version, exc)
                 continue
-            entry.versions[version] = _servable(entry.name, loaded)
+            entry.versions[version] = self._servable(entry.name, loaded)
             entry.states[version] = (READY, "")
             log.info("model '%s' version %d is ready", entry.name, version)
 
@@ -211,14 +226,15 @@ class Registry:
         if not self.is_ready(name):
             raise Unavailable(f"model '{name}' is not ready")
 
+    def _servable(self, name: str, loaded: LoadedVersion) -> ModelVersion:
+        backend = loaded.backend
+        output_names = [s.name for s in loaded.config.outputs]
+        version = str(loaded.version)
+        stats = ModelStatistics(name, version)
+        extra = self.observers_for(name, version) if self.observers_for is not None else []
 
-def _servable(name: str, loaded: LoadedVersion) -> ModelVersion:
-    backend = loaded.backend
-    output_names = [s.name for s in loaded.config.outputs]
-    stats = ModelStatistics(name, str(loaded.version))
+        def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return backend.run(inputs, output_names)
 
-    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return backend.run(inputs, output_names)
-
-    batcher = DynamicBatcher(loaded.config, run, stats)
-    return ModelVersion(name, str(loaded.version), loaded.config, loaded, batcher, stats)
+        batcher = DynamicBatcher(loaded.config, run, ObserverGroup([stats, *extra]))
+        return ModelVersion(name, version, loaded.config, loaded, batcher, stats, (stats, *extra))

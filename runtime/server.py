@@ -17,10 +17,12 @@ from pathlib import Path
 
 import grpc
 import uvicorn
+from starlette.types import ASGIApp
 
 from runtime.dataplane import DataPlane
+from runtime.monitoring.metrics import Metrics
 from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
-from runtime.protocol.http.app import DEFAULT_MAX_INPUT_SIZE, create_app
+from runtime.protocol.http.app import DEFAULT_MAX_INPUT_SIZE, create_app, create_metrics_app
 from runtime.registry import Registry
 
 log = logging.getLogger("runtime.server")
@@ -34,8 +36,10 @@ class ServerConfig:
     host: str = "0.0.0.0"
     http_port: int = 8000
     grpc_port: int = 8001
+    metrics_port: int = 8002
     allow_http: bool = True
     allow_grpc: bool = True
+    allow_metrics: bool = True
     model_control_mode: str = "none"
     load_models: list[str] = field(default_factory=list)
     http_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
@@ -69,12 +73,19 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.registry = Registry(config.model_repositories, config.device)
+        self.metrics = Metrics() if config.allow_metrics else None
+        self.registry = Registry(
+            config.model_repositories,
+            config.device,
+            self.metrics.observers_for if self.metrics is not None else None,
+        )
+        if self.metrics is not None:
+            self.metrics.attach(self.registry)
         self.dataplane = DataPlane(self.registry, config.model_control_mode)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
-        self._http: _UvicornServer | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        self.metrics_port: int | None = None
+        self._uvicorns: list[tuple[_UvicornServer, asyncio.Task[None]]] = []
         self._grpc: grpc.aio.Server | None = None
         self._stop = asyncio.Event()
 
@@ -84,14 +95,24 @@ class Server:
             await self._start_http()
         if self.config.allow_grpc:
             await self._start_grpc()
+        if self.metrics is not None:
+            await self._start_metrics(self.metrics)
         await self._load_models()
         self.dataplane.ready = True
         log.info("server is ready")
 
     async def _start_http(self) -> None:
-        sock = _bind(self.config.host, self.config.http_port)
-        self.http_port = sock.getsockname()[1]
         app = create_app(self.dataplane, self.config.http_max_input_size)
+        self.http_port = await self._serve_asgi(app, self.config.http_port, "HTTPService")
+
+    async def _start_metrics(self, metrics: Metrics) -> None:
+        app = create_metrics_app(metrics)
+        self.metrics_port = await self._serve_asgi(app, self.config.metrics_port, "Metrics Service")
+
+    async def _serve_asgi(self, app: ASGIApp, port: int, name: str) -> int:
+        """Bind first (port 0 picks one), then run uvicorn on the socket in this loop."""
+        sock = _bind(self.config.host, port)
+        bound: int = sock.getsockname()[1]
         uv_config = uvicorn.Config(
             app,
             loop="none",
@@ -102,14 +123,16 @@ class Server:
             timeout_graceful_shutdown=max(1, round(self.config.exit_timeout_s)),
             timeout_keep_alive=30,
         )
-        self._http = _UvicornServer(uv_config)
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()
-                raise RuntimeError("the HTTP server stopped during startup")
+        server = _UvicornServer(uv_config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        self._uvicorns.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError(f"{name} stopped during startup")
             await asyncio.sleep(0.01)
-        log.info("Started HTTPService at %s:%d", _display_host(self.config.host), self.http_port)
+        log.info("Started %s at %s:%d", name, _display_host(self.config.host), bound)
+        return bound
 
     async def _start_grpc(self) -> None:
         self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
@@ -153,9 +176,9 @@ class Server:
         waits = []
         if self._grpc is not None:
             waits.append(self._grpc.stop(grace))
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            waits.append(self._http_task)
+        for server, task in self._uvicorns:
+            server.should_exit = True
+            waits.append(task)
         await asyncio.gather(*waits, return_exceptions=True)
         await self.registry.close()
         self.dataplane.live = False

@@ -5,14 +5,35 @@ Everything here is updated on the event loop thread only, so plain integers suff
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from runtime.batching.batcher import BatchObserver, BatchTimes
 from runtime.batching.queue import Pending
-from runtime.errors import ServingError
+from runtime.errors import Cancelled, InternalError, Rejected, ServingError
+
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+
+def failure_reason(error: BaseException) -> str:
+    """Triton's failure reason for an error: queue refusal, cancellation, model fault, other."""
+    if isinstance(error, Rejected):
+        return "REJECTED"
+    if isinstance(error, Cancelled | asyncio.CancelledError):
+        return "CANCELED"
+    if isinstance(error, InternalError):
+        return "BACKEND"
+    return "OTHER"
+
+
+class RequestObserver(Protocol):
+    """Told about every finished request of one model version (statistics, metrics)."""
+
+    def request_done(self, duration_ns: int, error: BaseException | None, protocol: str) -> None:
+        """`error` is None on success."""
 
 
 @dataclass(slots=True)
@@ -55,6 +76,8 @@ class ModelStatistics(BatchObserver):
         self.compute_infer = Duration()
         self.compute_output = Duration()
         self.batches: dict[int, BatchSizeStats] = {}
+        # Triton's nv_inference_request_failure reasons.
+        self.failures = dict.fromkeys(FAILURE_REASONS, 0)
 
     def on_batch(self, times: BatchTimes, batch: Sequence[Pending], ok: bool) -> None:
         n = len(batch)
@@ -78,9 +101,13 @@ class ModelStatistics(BatchObserver):
     def on_rejected(self, item: Pending, error: ServingError) -> None:
         self.queue.add(time.monotonic_ns() - item.enqueued_ns)
 
-    def request_done(self, duration_ns: int, ok: bool) -> None:
+    def request_done(self, duration_ns: int, error: BaseException | None, protocol: str) -> None:
         """Called by the data plane when a request's answer is ready (or failed)."""
-        (self.success if ok else self.fail).add(duration_ns)
+        if error is None:
+            self.success.add(duration_ns)
+            return
+        self.fail.add(duration_ns)
+        self.failures[failure_reason(error)] += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -38,6 +38,7 @@ class InferenceRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
     timeout_us: int = 0
+    protocol: str = ""  # "http" or "grpc", for metrics only
     # When the adapter took the request (time.monotonic_ns); 0 = when the data plane did.
     received_ns: int = 0
     # Set by an adapter that can tell when its client went away; checked at dequeue.

@@ -23,7 +23,7 @@ import numpy as np
 from runtime.batching.adaptive import SloController
 from runtime.batching.queue import Pending, PriorityQueue
 from runtime.config import ModelConfig
-from runtime.errors import Cancelled, InternalError, ServingError, Unavailable
+from runtime.errors import Cancelled, InternalError, Rejected, ServingError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,21 @@ class _Plan:
     count: int = 0
     complete: bool = False
     deadline_ns: int = 0
+
+
+class ObserverGroup(BatchObserver):
+    """Several observers behind one (statistics and metrics both watch every batch)."""
+
+    def __init__(self, observers: Sequence[BatchObserver]) -> None:
+        self._observers = tuple(observers)
+
+    def on_batch(self, times: BatchTimes, batch: Sequence[Pending], ok: bool) -> None:
+        for observer in self._observers:
+            observer.on_batch(times, batch, ok)
+
+    def on_rejected(self, item: Pending, error: ServingError) -> None:
+        for observer in self._observers:
+            observer.on_rejected(item, error)
 
 
 def _is_dead(item: Pending, now: int) -> bool:
@@ -285,7 +300,7 @@ class DynamicBatcher:
                 continue
             self._queue.remove(item)
             if not item.future.done():
-                error = Unavailable("Request timeout expired")
+                error = Rejected("Request timeout expired")
                 _resolve(item.future, error=error)
                 self._observer.on_rejected(item, error)
         return delayed

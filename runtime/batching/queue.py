@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from runtime.config import BatchingConfig
-from runtime.errors import Unavailable
+from runtime.errors import Rejected
 
 
 @dataclass(slots=True, eq=False)
@@ -62,7 +62,7 @@ class PriorityQueue:
         live, delayed = self._order[2 * item.level], self._order[2 * item.level + 1]
         limit = self._limits[item.level]
         if limit and len(live) + len(delayed) >= limit:
-            raise Unavailable(
+            raise Rejected(
                 f"[request id: {request_id or '<id_unknown>'}] Exceeds maximum queue size"
             )
         live.append(item)

@@ -37,7 +37,10 @@ SHUTDOWN_TIMEOUT_S = 30.0
 CLIENT_TIMEOUT_S = 30.0
 PROTOCOLS = ("http", "grpc")
 
-_PORT_LINE = re.compile(r"Started (HTTPService|GRPCInferenceService) at 127\.0\.0\.1:(\d+)")
+_PORT_LINE = re.compile(
+    r"Started (HTTPService|GRPCInferenceService|Metrics Service) at 127\.0\.0\.1:(\d+)"
+)
+_SERVICES = 3
 
 
 @dataclass
@@ -56,6 +59,10 @@ class ServerProcess:
         return f"{HOST}:{self.ports['HTTPService']}"
 
     @property
+    def metrics_url(self) -> str:
+        return f"{HOST}:{self.ports['Metrics Service']}"
+
+    @property
     def grpc_url(self) -> str:
         return f"{HOST}:{self.ports['GRPCInferenceService']}"
 
@@ -70,14 +77,14 @@ class ServerProcess:
             match = _PORT_LINE.search(line)
             if match:
                 self.ports[match.group(1)] = int(match.group(2))
-                if len(self.ports) == 2:
+                if len(self.ports) == _SERVICES:
                     self._port_event.set()
         self._port_event.set()  # EOF: wake the waiter, which then sees the exit
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        if not self._port_event.wait(STARTUP_TIMEOUT_S) or len(self.ports) < 2:
-            raise RuntimeError(f"the server did not report both ports:\n{self.log_text()}")
+        if not self._port_event.wait(STARTUP_TIMEOUT_S) or len(self.ports) < _SERVICES:
+            raise RuntimeError(f"the server did not report its three ports:\n{self.log_text()}")
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited during startup:\n{self.log_text()}")
@@ -121,7 +128,7 @@ def start_server(
         sys.executable,
         *("-m", "runtime", "serve"),
         *(("--model-repository", str(repo)) if repo is not None else ()),
-        *("--host", HOST, "--http-port", "0", "--grpc-port", "0"),
+        *("--host", HOST, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"),
         *extra,
     ]
     process = subprocess.Popen(

@@ -113,6 +113,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         received_ns = time.monotonic_ns()
         decoded = codec.decode_request(request)
         decoded.received_ns = received_ns
+        decoded.protocol = "grpc"
         return codec.encode_response(await self.dp.infer(decoded))
 
     async def ModelStreamInfer(
@@ -148,7 +149,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def _stream_answer(self, message: Any) -> Any:
         try:
-            response = await self.dp.infer(codec.decode_request(message))
+            request = codec.decode_request(message)
+            request.protocol = "grpc"
+            response = await self.dp.infer(request)
             return pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
         except ServingError as exc:
             error = exc

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from runtime.dataplane import DataPlane
 from runtime.errors import InvalidInput, ServingError, TooLarge, Unavailable
+from runtime.monitoring.metrics import CONTENT_TYPE, Metrics
 from runtime.protocol.http import codec
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class HttpApi:
             decoded = codec.decode_request(doc, blobs, name, version)
         decoded.request.client_gone = _disconnect_probe(request)
         decoded.request.received_ns = received_ns
+        decoded.request.protocol = "http"
         response = await self.dp.infer(decoded.request)
         payload, header_length = codec.encode_response(response, decoded)
         headers: dict[str, str] = {}
@@ -208,6 +210,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {404: "Not Found", 405: "Method Not Allowed"}
     return json_response({"error": messages.get(exc.status_code, exc.detail)}, exc.status_code)
+
+
+def create_metrics_app(metrics: Metrics) -> Starlette:
+    """The Prometheus endpoint, on its own port as Triton serves it."""
+
+    async def scrape(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return Starlette(
+        routes=[Route("/metrics", scrape, methods=["GET"])],
+        exception_handlers={HTTPException: _http_error},
+    )
 
 
 def create_app(dataplane: DataPlane, max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> Starlette:

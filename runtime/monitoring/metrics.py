@@ -1,0 +1,200 @@
+"""Prometheus metrics: Triton's `nv_inference_*` families and Conveyor's own `conveyor_*`.
+
+Triton's families are rendered at scrape time from the statistics the data plane keeps
+anyway, so they cost the hot path nothing and always agree with the statistics
+extension. They are written by hand because prometheus_client names every counter
+`<name>_total`, and Triton's dashboards expect the bare names. Conveyor's histograms use
+prometheus_client, with each model's label children made once at load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+
+from runtime.batching.batcher import BatchTimes
+from runtime.batching.queue import Pending
+from runtime.errors import ServingError
+from runtime.registry import ModelObserver, ModelVersion, Registry
+from runtime.statistics import FAILURE_REASONS, Duration, failure_reason
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROTOCOLS = ("http", "grpc", "")
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+# name, help, and how to read it off a version's statistics
+_TRITON_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
+     "success.count"),
+    ("nv_inference_count", "Number of inferences performed (a batch of n counts n)",
+     "inference_count"),
+    ("nv_inference_exec_count", "Number of model executions performed (a batch counts once)",
+     "execution_count"),
+    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
+     "request_us"),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
+     "queue.ns"),
+    ("nv_inference_compute_input_duration_us",
+     "Cumulative compute input duration in microseconds", "compute_input.ns"),
+    ("nv_inference_compute_infer_duration_us",
+     "Cumulative compute inference duration in microseconds", "compute_infer.ns"),
+    ("nv_inference_compute_output_duration_us",
+     "Cumulative inference compute output duration in microseconds", "compute_output.ns"),
+)  # fmt: skip
+
+
+def _label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _read(model: ModelVersion, path: str) -> int:
+    s = model.stats
+    if path == "request_us":
+        return (s.success.ns + s.fail.ns) // 1000
+    head, _, tail = path.partition(".")
+    value = getattr(s, head)
+    if isinstance(value, Duration):
+        return value.count if tail == "count" else value.ns // 1000
+    return int(value)
+
+
+def triton_text(models: Sequence[ModelVersion]) -> str:
+    """Triton's per-model families in the text exposition format, bare counter names."""
+    lines: list[str] = []
+    for name, help_text, path in _TRITON_COUNTERS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        lines += [f"{name}{{{_labels(m)}}} {_read(m, path)}" for m in models]
+        if name == "nv_inference_request_success":
+            lines += _failure_lines(models)
+    lines += [
+        "# HELP nv_inference_pending_request_count Instantaneous number of pending requests "
+        "awaiting execution per-model.",
+        "# TYPE nv_inference_pending_request_count gauge",
+    ]
+    lines += [
+        f"nv_inference_pending_request_count{{{_labels(m)}}} {m.batcher.depth}" for m in models
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _failure_lines(models: Sequence[ModelVersion]) -> list[str]:
+    name = "nv_inference_request_failure"
+    lines = [f"# HELP {name} Number of failed inference requests, all batch sizes",
+             f"# TYPE {name} counter"]  # fmt: skip
+    for m in models:
+        for reason in FAILURE_REASONS:
+            lines.append(
+                f'{name}{{model="{_label_value(m.name)}",reason="{reason}",'
+                f'version="{m.version}"}} {m.stats.failures[reason]}'
+            )
+    return lines
+
+
+def _labels(m: ModelVersion) -> str:
+    return f'model="{_label_value(m.name)}",version="{m.version}"'
+
+
+class _ModelState:
+    """Scrape-time gauges from the registry: queue depth, batches in flight, readiness."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "conveyor_queue_depth",
+            "Requests queued and not yet in a batch",
+            labels=["model", "version"],
+        )
+        busy = GaugeMetricFamily(
+            "conveyor_batches_in_flight", "Batches running now", labels=["model", "version"]
+        )
+        ready = GaugeMetricFamily(
+            "conveyor_model_ready", "1 when the version serves", labels=["model", "version"]
+        )
+        for m in self._registry.models():
+            depth.add_metric([m.name, m.version], m.batcher.depth)
+            busy.add_metric([m.name, m.version], m.batcher.in_flight)
+            ready.add_metric([m.name, m.version], 1.0 if m.ready else 0.0)
+        yield from (depth, busy, ready)
+
+
+class Metrics:
+    """Owns the metric objects (no global registry) and renders one scrape."""
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        self.prom = CollectorRegistry(auto_describe=False)
+        self.request_seconds = Histogram(
+            "conveyor_request_duration_seconds",
+            "Time from taking an inference request to having its answer, per protocol",
+            ["model", "version", "protocol"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.prom,
+        )
+        self.queue_seconds = Histogram(
+            "conveyor_queue_duration_seconds",
+            "Time requests waited in the batcher's queue",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.prom,
+        )
+        self.batch_size = Histogram(
+            "conveyor_batch_size",
+            "Rows per model execution",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=self.prom,
+        )
+        self.errors = Counter(
+            "conveyor_request_errors",
+            "Failed inference requests by reason (Triton's) and status code",
+            ["model", "version", "reason"],
+            registry=self.prom,
+        )
+        ProcessCollector(registry=self.prom)
+        self.registry = registry
+        if registry is not None:
+            self.attach(registry)
+
+    def attach(self, registry: Registry) -> None:
+        self.registry = registry
+        self.prom.register(_ModelState(registry))
+
+    def observers_for(self, name: str, version: str) -> Sequence[ModelObserver]:
+        """What the registry attaches to each new model version."""
+        return [ModelMetrics(self, name, version)]
+
+    def render(self) -> bytes:
+        models = list(self.registry.models()) if self.registry is not None else []
+        return triton_text(models).encode() + generate_latest(self.prom)
+
+
+class ModelMetrics(ModelObserver):
+    """One version's metric children, resolved once so the hot path does no label lookups."""
+
+    def __init__(self, metrics: Metrics, name: str, version: str) -> None:
+        self._request = {p: metrics.request_seconds.labels(name, version, p) for p in PROTOCOLS}
+        self._queue = metrics.queue_seconds.labels(name, version)
+        self._batch = metrics.batch_size.labels(name, version)
+        self._errors = {r: metrics.errors.labels(name, version, r) for r in FAILURE_REASONS}
+
+    def on_batch(self, times: BatchTimes, batch: Sequence[Pending], ok: bool) -> None:
+        for item in batch:
+            self._queue.observe((times.dispatched_ns - item.enqueued_ns) / 1e9)
+        if ok:
+            self._batch.observe(times.size)
+
+    def on_rejected(self, item: Pending, error: ServingError) -> None:
+        """Counted in request_done, which every rejected request reaches."""
+
+    def request_done(self, duration_ns: int, error: BaseException | None, protocol: str) -> None:
+        child = self._request.get(protocol) or self._request[""]
+        child.observe(duration_ns / 1e9)
+        if error is not None:
+            self._errors[failure_reason(error)].inc()
