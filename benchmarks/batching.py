@@ -21,16 +21,14 @@ import json
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
-from serverproc import ServerProcess, batch_delta
+from serverproc import ServerProcess, batch_delta, ort_rows_per_s
 
 from runtime.examples import mlp_model
 from runtime.loadtest.client import (
@@ -86,23 +84,6 @@ def build_repository(root: Path) -> Path:
             config(name, sizes[0], sizes[-1], max_batch, extra)
         )
     return root
-
-
-def ort_rows_per_s(
-    path: Path, width: int, batch: int, threads: int = 0, seconds: float = 2.0
-) -> float:
-    """In-process ONNX Runtime at one batch size: the ceiling for the server."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((batch, width), dtype=np.float32)
-    for _ in range(10):
-        session.run(None, {"INPUT0": x})
-    runs, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        session.run(None, {"INPUT0": x})
-        runs += 1
-    return runs * batch / (time.perf_counter() - t0)
 
 
 def requests_for(model: str, rows: int) -> tuple[bytes, bytes]:

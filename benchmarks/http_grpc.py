@@ -20,15 +20,13 @@ import platform
 import re
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
-from serverproc import ServerProcess, batch_delta
+from serverproc import ServerProcess, batch_delta, ort_rows_per_s
 
 from runtime.examples import build_example_repository
 from runtime.loadtest.client import grpc_request_bytes, http_request_bytes, run_grpc, run_http
@@ -36,19 +34,6 @@ from runtime.loadtest.client import grpc_request_bytes, http_request_bytes, run_
 ROOT = Path(__file__).resolve().parent.parent
 PERF_ANALYZER = ROOT / ".tools" / "perf_analyzer" / "bin" / "perf_analyzer"
 MODEL = "mlp"
-
-
-def ort_ceiling(model_path: Path, batch: int, seconds: float = 2.0) -> float:
-    """Rows per second of in-process ONNX Runtime at a given batch size."""
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((batch, 64), dtype=np.float32)
-    for _ in range(50):
-        session.run(None, {"INPUT0": x})
-    runs, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        session.run(None, {"INPUT0": x})
-        runs += 1
-    return runs * batch / (time.perf_counter() - t0)
 
 
 def perf_analyzer(protocol: str, port: int, concurrency: int, seconds: float) -> float | None:
@@ -130,7 +115,7 @@ def main() -> None:
     for row in rows:
         b = max(1, round(row["avg_batch"]))
         if b not in ceilings:
-            ceilings[b] = ort_ceiling(model_path, b)
+            ceilings[b] = ort_rows_per_s(model_path, 64, b)
         row["ort_ceiling_rps"] = ceilings[b]
     report = {
         "benchmark": "http_grpc",

@@ -1,4 +1,4 @@
-"""`conveyor serve` in a subprocess on ephemeral loopback ports, for the benchmark scripts."""
+"""What the benchmark scripts share: `conveyor serve` in a subprocess, the ORT ceiling."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import onnxruntime as ort
 
 
 class ServerProcess:
@@ -77,3 +81,20 @@ def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, floa
         "server_queue_ms": per_request("queue"),
         "server_ms": server_ms + per_request("compute_output"),
     }
+
+
+def ort_rows_per_s(
+    path: Path, width: int, batch: int, threads: int = 0, seconds: float = 2.0
+) -> float:
+    """In-process ONNX Runtime at one batch size: the ceiling for the server."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((batch, width), dtype=np.float32)
+    for _ in range(10):
+        session.run(None, {"INPUT0": x})
+    runs, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        session.run(None, {"INPUT0": x})
+        runs += 1
+    return runs * batch / (time.perf_counter() - t0)

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from runtime.errors import InvalidInput
+
+
+def scheduling_parameter(parameters: Mapping[str, Any], key: str) -> int:
+    """`priority` or `timeout` from request parameters: a non-negative integer, 0 if absent."""
+    value = parameters.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(
+            f"request parameter '{key}' must be a non-negative integer, got {value!r}"
+        )
+    return value
 
 
 @dataclass(slots=True)

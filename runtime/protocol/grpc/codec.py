@@ -14,7 +14,13 @@ import numpy as np
 from runtime import tensors
 from runtime.errors import InvalidInput
 from runtime.proto import grpc_service_pb2 as pb
-from runtime.types import InferenceRequest, InferenceResponse, InputTensor, RequestedOutput
+from runtime.types import (
+    InferenceRequest,
+    InferenceResponse,
+    InputTensor,
+    RequestedOutput,
+    scheduling_parameter,
+)
 
 # Which typed `contents` field carries each datatype (BYTES has no length prefix there).
 _CONTENTS_FIELD = {
@@ -43,15 +49,6 @@ def _parameters(params: Any) -> dict[str, Any]:
     return {k: parameter_value(v) for k, v in params.items()}
 
 
-def _non_negative_int(params: dict[str, Any], key: str) -> int:
-    value = params.get(key, 0)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(
-            f"request parameter '{key}' must be a non-negative integer, got {value!r}"
-        )
-    return value
-
-
 def decode_request(msg: Any) -> InferenceRequest:
     """Build the neutral request; sizes are checked before any array is made."""
     raw = msg.raw_input_contents
@@ -71,8 +68,8 @@ def decode_request(msg: Any) -> InferenceRequest:
         id=msg.id,
         inputs=inputs,
         parameters=params,
-        priority=_non_negative_int(params, "priority"),
-        timeout_us=_non_negative_int(params, "timeout"),
+        priority=scheduling_parameter(params, "priority"),
+        timeout_us=scheduling_parameter(params, "timeout"),
     )
     if msg.outputs:
         request.outputs = [_decode_output(o) for o in msg.outputs]

@@ -104,7 +104,7 @@ class HttpApi:
         body = await self._body(request)
         ready_only = False
         if body.strip():
-            doc = _json_object(body)
+            doc = codec.load_json_object(body)
             ready_only = bool(doc.get("ready", False))
         return json_response(self.dp.repository_index(ready_only))
 
@@ -112,7 +112,7 @@ class HttpApi:
         body = await self._body(request)
         config = None
         if body.strip():
-            params = _json_object(body).get("parameters", {})
+            params = codec.load_json_object(body).get("parameters", {})
             if not isinstance(params, dict):
                 raise InvalidInput("load request: 'parameters' must be an object")
             if any(k.startswith("file:") for k in params):
@@ -194,16 +194,6 @@ def _disconnect_probe(request: Request) -> Callable[[], bool] | None:
 def _model(request: Request) -> tuple[str, str]:
     version = request.path_params.get("version")
     return request.path_params["name"], "" if version is None else str(version)
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"failed to parse the request JSON buffer: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return doc
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -19,7 +19,13 @@ import orjson
 from runtime import tensors
 from runtime.config import TensorSpec
 from runtime.errors import InvalidInput, TooLarge, Unsupported
-from runtime.types import InferenceRequest, InferenceResponse, InputTensor, RequestedOutput
+from runtime.types import (
+    InferenceRequest,
+    InferenceResponse,
+    InputTensor,
+    RequestedOutput,
+    scheduling_parameter,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}
@@ -97,7 +103,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes | None, me
     return body[:n], view[n:]
 
 
-def _load_json(text: bytes) -> dict[str, Any]:
+def load_json_object(text: bytes) -> dict[str, Any]:
+    """Parse a body that must be one JSON object; anything else is a 400 naming the fault."""
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -130,7 +137,7 @@ def decode_request(
     doc_bytes: bytes, blobs: memoryview, model_name: str, model_version: str
 ) -> HttpRequest:
     """Build the neutral request from the JSON header and the binary blobs after it."""
-    doc = _load_json(doc_bytes)
+    doc = load_json_object(doc_bytes)
     raw_inputs = _field(doc, "inputs", list, "inference request")
     params = _field(doc, "parameters", dict, "inference request", {})
     request_id = doc.get("id", "")
@@ -155,8 +162,8 @@ def decode_request(
             id=request_id,
             inputs=inputs,
             parameters=params,
-            priority=_int_param(params, "priority"),
-            timeout_us=_int_param(params, "timeout"),
+            priority=scheduling_parameter(params, "priority"),
+            timeout_us=scheduling_parameter(params, "timeout"),
         ),
         binary_default=bool(params.get("binary_data_output", False)),
     )
@@ -203,15 +210,6 @@ def _raw_shape(spec: TensorSpec, size: int) -> list[int]:
             f"elements of shape {dims} for input '{spec.name}'"
         )
     return [size // known if d == -1 else d for d in dims]
-
-
-def _int_param(params: Mapping[str, Any], key: str) -> int:
-    value = params.get(key, 0)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(
-            f"request parameter '{key}' must be a non-negative integer, got {value!r}"
-        )
-    return value
 
 
 def _decode_input(item: Any, index: int, blobs: memoryview, offset: int) -> tuple[InputTensor, int]:
