@@ -63,6 +63,18 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="auto: follow each model's instance_group; cpu/gpu: force it",
     )
     p.add_argument(
+        "--autoscale-window-secs",
+        type=float,
+        default=10.0,
+        help="window of the autoscaling signals in seconds (default 10)",
+    )
+    p.add_argument(
+        "--autoscale-latency-target-ms",
+        type=float,
+        default=100.0,
+        help="latency target behind conveyor_desired_replicas, in ms (default 100)",
+    )
+    p.add_argument(
         "--loop",
         choices=["uvloop", "asyncio"],
         default="uvloop" if sys.platform != "win32" else "asyncio",
@@ -89,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from runtime.examples import default_repository
+    from runtime.monitoring.autoscale import AutoscalePolicy
     from runtime.server import Server, ServerConfig
 
     repositories = args.model_repository or [default_repository()]
@@ -106,6 +119,10 @@ def _serve(args: argparse.Namespace) -> int:
         http_max_input_size=args.http_max_input_size,
         exit_timeout_s=args.exit_timeout_secs,
         device=args.device,
+        autoscale=AutoscalePolicy(
+            window_s=args.autoscale_window_secs,
+            latency_target_s=args.autoscale_latency_target_ms / 1000,
+        ),
     )
     if args.loop == "uvloop":
         import uvloop

@@ -107,6 +107,19 @@ class DataPlane:
             models = list(self.registry.models())
         return {"model_stats": [m.stats.to_dict() for m in models]}
 
+    def autoscale(self) -> dict[str, Any]:
+        """Each model's load signals (versions summed), shaped for KEDA's metrics-api scaler.
+
+        KEDA reads one number by path, e.g. `valueLocation: models.mlp.in_flight_avg`.
+        """
+        models: dict[str, dict[str, Any]] = {}
+        for m in self.registry.models():
+            signals = m.load.signals(m.batcher.depth)
+            models[m.name] = _merge(models[m.name], signals) if m.name in models else signals
+        total = {k: sum(s[k] for s in models.values()) for k in _ADDITIVE}
+        total["desired_replicas"] = max((s["desired_replicas"] for s in models.values()), default=0)
+        return {"models": models, "total": total}
+
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.registry.index(self.registry.repository_models(), ready_only)
 
@@ -138,6 +151,7 @@ class DataPlane:
         """Validate, queue, wait for the batch, and build this request's response."""
         start = request.received_ns or time.monotonic_ns()
         model = self.registry.get(request.model_name, request.model_version)
+        model.load.arrived()
         error: BaseException | None = None
         try:
             if not self.ready:
@@ -165,6 +179,19 @@ class DataPlane:
             duration_ns = time.monotonic_ns() - start
             for observer in model.request_observers:
                 observer.request_done(duration_ns, error, request.protocol)
+
+
+_ADDITIVE = ("queue_depth", "in_flight", "in_flight_avg", "arrival_rate", "completion_rate")
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two versions of one model: loads add up, the larger replica demand wins."""
+    merged = dict(a)
+    for key in _ADDITIVE:
+        merged[key] = a[key] + b[key]
+    merged["utilisation"] = max(a["utilisation"], b["utilisation"])
+    merged["desired_replicas"] = max(a["desired_replicas"], b["desired_replicas"])
+    return merged
 
 
 def _validate(model: ModelVersion, request: InferenceRequest) -> int:

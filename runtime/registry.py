@@ -19,6 +19,7 @@ from runtime import repository
 from runtime.batching.batcher import BatchObserver, DynamicBatcher, ObserverGroup
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput, NotFound, Unavailable
+from runtime.monitoring.autoscale import AutoscalePolicy, LoadWindow
 from runtime.proto import model_config_pb2 as pb
 from runtime.repository import LoadedVersion
 from runtime.statistics import ModelStatistics, RequestObserver
@@ -48,6 +49,7 @@ class ModelVersion:
     loaded: LoadedVersion
     batcher: DynamicBatcher
     stats: ModelStatistics
+    load: LoadWindow
     # Everyone told about each finished request: the statistics first, then metrics.
     request_observers: tuple[RequestObserver, ...] = ()
     inputs: dict[str, TensorSpec] = field(default_factory=dict)
@@ -90,8 +92,10 @@ class Registry:
         roots: Sequence[Path],
         device: str = "auto",
         observers_for: ObserverFactory | None = None,
+        autoscale: AutoscalePolicy | None = None,
     ) -> None:
         self.roots = list(roots)
+        self.autoscale = autoscale or AutoscalePolicy()
         self.device = device
         self.observers_for = observers_for
         self._models: dict[str, ModelEntry] = {}
@@ -231,10 +235,13 @@ class Registry:
         output_names = [s.name for s in loaded.config.outputs]
         version = str(loaded.version)
         stats = ModelStatistics(name, version)
+        load = LoadWindow(loaded.config.instance_count, self.autoscale)
         extra = self.observers_for(name, version) if self.observers_for is not None else []
 
         def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             return backend.run(inputs, output_names)
 
-        batcher = DynamicBatcher(loaded.config, run, ObserverGroup([stats, *extra]))
-        return ModelVersion(name, version, loaded.config, loaded, batcher, stats, (stats, *extra))
+        batcher = DynamicBatcher(loaded.config, run, ObserverGroup([stats, load, *extra]))
+        return ModelVersion(
+            name, version, loaded.config, loaded, batcher, stats, load, (stats, load, *extra)
+        )

@@ -20,6 +20,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from runtime.dataplane import DataPlane
+from runtime.monitoring.autoscale import AutoscalePolicy
 from runtime.monitoring.metrics import Metrics
 from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
 from runtime.protocol.http.app import DEFAULT_MAX_INPUT_SIZE, create_app, create_metrics_app
@@ -45,6 +46,7 @@ class ServerConfig:
     http_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     exit_timeout_s: float = 30.0
     device: str = "auto"
+    autoscale: AutoscalePolicy = field(default_factory=AutoscalePolicy)
 
 
 class _UvicornServer(uvicorn.Server):
@@ -78,6 +80,7 @@ class Server:
             config.model_repositories,
             config.device,
             self.metrics.observers_for if self.metrics is not None else None,
+            config.autoscale,
         )
         if self.metrics is not None:
             self.metrics.attach(self.registry)

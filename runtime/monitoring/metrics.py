@@ -100,6 +100,28 @@ def _labels(m: ModelVersion) -> str:
     return f'model="{_label_value(m.name)}",version="{m.version}"'
 
 
+_SIGNALS = (
+    ("conveyor_in_flight_requests", "Requests taken and not yet answered (queued or running)"),
+    ("conveyor_in_flight_requests_avg", "Requests in flight, time-averaged over the window"),
+    ("conveyor_arrival_rate", "Requests arriving per second over the window"),
+    ("conveyor_completion_rate", "Requests answered per second over the window"),
+    ("conveyor_instance_utilization", "Busy fraction of the model's instances over the window"),
+    ("conveyor_desired_replicas", "Replicas this replica's load calls for (HPA tolerance applied)"),
+)
+_SIGNAL_KEYS = {
+    "conveyor_in_flight_requests": "in_flight",
+    "conveyor_in_flight_requests_avg": "in_flight_avg",
+    "conveyor_arrival_rate": "arrival_rate",
+    "conveyor_completion_rate": "completion_rate",
+    "conveyor_instance_utilization": "utilisation",
+    "conveyor_desired_replicas": "desired_replicas",
+}
+
+
+def _gauge(name: str, text: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, labels=["model", "version"])
+
+
 class _ModelState:
     """Scrape-time gauges from the registry: queue depth, batches in flight, readiness."""
 
@@ -118,11 +140,16 @@ class _ModelState:
         ready = GaugeMetricFamily(
             "conveyor_model_ready", "1 when the version serves", labels=["model", "version"]
         )
+        signals = {name: _gauge(name, text) for name, text in _SIGNALS}
         for m in self._registry.models():
-            depth.add_metric([m.name, m.version], m.batcher.depth)
-            busy.add_metric([m.name, m.version], m.batcher.in_flight)
-            ready.add_metric([m.name, m.version], 1.0 if m.ready else 0.0)
-        yield from (depth, busy, ready)
+            labels = [m.name, m.version]
+            depth.add_metric(labels, m.batcher.depth)
+            busy.add_metric(labels, m.batcher.in_flight)
+            ready.add_metric(labels, 1.0 if m.ready else 0.0)
+            load = m.load.signals(m.batcher.depth)
+            for name, _ in _SIGNALS:
+                signals[name].add_metric(labels, float(load[_SIGNAL_KEYS[name]]))
+        yield from (depth, busy, ready, *signals.values())
 
 
 class Metrics:

@@ -94,6 +94,9 @@ class HttpApi:
         name, version = _model(request)
         return json_response(self.dp.model_config_json(name, version))
 
+    async def autoscale(self, request: Request) -> Response:
+        return json_response(self.dp.autoscale())
+
     async def statistics(self, request: Request) -> Response:
         name, version = _model(request) if "name" in request.path_params else ("", "")
         return json_response(self.dp.statistics(name, version))
@@ -224,6 +227,7 @@ def create_app(dataplane: DataPlane, max_input_size: int = DEFAULT_MAX_INPUT_SIZ
         Route("/v2/health/ready", guarded(api.ready), methods=["GET"]),
         Route("/v2", guarded(api.server_metadata), methods=["GET"]),
         Route("/v2/models/stats", guarded(api.statistics), methods=["GET"]),
+        Route("/v2/autoscale", guarded(api.autoscale), methods=["GET"]),
         Route("/v2/repository/index", guarded(api.repository_index), methods=["POST"]),
         Route("/v2/repository/models/{name}/load", guarded(api.load), methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", guarded(api.unload), methods=["POST"]),
