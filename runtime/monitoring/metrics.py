@@ -100,7 +100,7 @@ def _labels(m: ModelVersion) -> str:
     return f'model="{_label_value(m.name)}",version="{m.version}"'
 
 
-_SIGNALS = (
+SIGNALS = (
     ("conveyor_in_flight_requests", "Requests taken and not yet answered (queued or running)"),
     ("conveyor_in_flight_requests_avg", "Requests in flight, time-averaged over the window"),
     ("conveyor_arrival_rate", "Requests arriving per second over the window"),
@@ -108,7 +108,7 @@ _SIGNALS = (
     ("conveyor_instance_utilization", "Busy fraction of the model's instances over the window"),
     ("conveyor_desired_replicas", "Replicas this replica's load calls for (HPA tolerance applied)"),
 )
-_SIGNAL_KEYS = {
+SIGNAL_KEYS = {
     "conveyor_in_flight_requests": "in_flight",
     "conveyor_in_flight_requests_avg": "in_flight_avg",
     "conveyor_arrival_rate": "arrival_rate",
@@ -140,15 +140,15 @@ class _ModelState:
         ready = GaugeMetricFamily(
             "conveyor_model_ready", "1 when the version serves", labels=["model", "version"]
         )
-        signals = {name: _gauge(name, text) for name, text in _SIGNALS}
+        signals = {name: _gauge(name, text) for name, text in SIGNALS}
         for m in self._registry.models():
             labels = [m.name, m.version]
             depth.add_metric(labels, m.batcher.depth)
             busy.add_metric(labels, m.batcher.in_flight)
             ready.add_metric(labels, 1.0 if m.ready else 0.0)
             load = m.load.signals(m.batcher.depth)
-            for name, _ in _SIGNALS:
-                signals[name].add_metric(labels, float(load[_SIGNAL_KEYS[name]]))
+            for name, _ in SIGNALS:
+                signals[name].add_metric(labels, float(load[SIGNAL_KEYS[name]]))
         yield from (depth, busy, ready, *signals.values())
 
 
