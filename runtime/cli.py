@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime import __version__
+from runtime.config import Restriction, parse_restrictions
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,6 +64,20 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="auto: follow each model's instance_group; cpu/gpu: force it",
     )
     p.add_argument(
+        "--http-restricted-api",
+        action="append",
+        default=[],
+        metavar="API[,API...]:KEY=VALUE",
+        help="require header KEY=VALUE for these APIs over HTTP (e.g. model-repository:k=v)",
+    )
+    p.add_argument(
+        "--grpc-restricted-protocol",
+        action="append",
+        default=[],
+        metavar="API[,API...]:KEY=VALUE",
+        help="require metadata KEY=VALUE for these APIs over gRPC",
+    )
+    p.add_argument(
         "--autoscale-window-secs",
         type=float,
         default=10.0,
@@ -89,6 +104,13 @@ def _bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _restrictions(specs: list[str]) -> dict[str, Restriction]:
+    try:
+        return parse_restrictions(specs)
+    except ValueError as exc:
+        raise SystemExit(f"conveyor: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
         http_max_input_size=args.http_max_input_size,
         exit_timeout_s=args.exit_timeout_secs,
         device=args.device,
+        http_restrictions=_restrictions(args.http_restricted_api),
+        grpc_restrictions=_restrictions(args.grpc_restricted_protocol),
         autoscale=AutoscalePolicy(
             window_s=args.autoscale_window_secs,
             latency_target_s=args.autoscale_latency_target_ms / 1000,

@@ -21,6 +21,7 @@ class Code(enum.Enum):
     CANCELLED = "CANCELLED"
     ALREADY_EXISTS = "ALREADY_EXISTS"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 # Triton: INTERNAL->500, NOT_FOUND->404, UNAVAILABLE->503, UNSUPPORTED->501, the rest 400.
@@ -34,6 +35,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.CANCELLED: 400,
     Code.ALREADY_EXISTS: 400,
     Code.RESOURCE_EXHAUSTED: 413,
+    Code.PERMISSION_DENIED: 403,
 }
 
 
@@ -89,6 +91,12 @@ class Cancelled(ServingError):
     """The client went away or cancelled before the answer was ready."""
 
     code = Code.CANCELLED
+
+
+class PermissionDenied(ServingError):
+    """A restricted API was called without its key."""
+
+    code = Code.PERMISSION_DENIED
 
 
 class TooLarge(ServingError):

@@ -19,6 +19,7 @@ import grpc
 import uvicorn
 from starlette.types import ASGIApp
 
+from runtime.config import Restriction
 from runtime.dataplane import DataPlane
 from runtime.monitoring.autoscale import AutoscalePolicy
 from runtime.monitoring.metrics import Metrics
@@ -47,6 +48,8 @@ class ServerConfig:
     exit_timeout_s: float = 30.0
     device: str = "auto"
     autoscale: AutoscalePolicy = field(default_factory=AutoscalePolicy)
+    http_restrictions: dict[str, Restriction] = field(default_factory=dict)
+    grpc_restrictions: dict[str, Restriction] = field(default_factory=dict)
 
 
 class _UvicornServer(uvicorn.Server):
@@ -105,7 +108,9 @@ class Server:
         log.info("server is ready")
 
     async def _start_http(self) -> None:
-        app = create_app(self.dataplane, self.config.http_max_input_size)
+        app = create_app(
+            self.dataplane, self.config.http_max_input_size, self.config.http_restrictions
+        )
         self.http_port = await self._serve_asgi(app, self.config.http_port, "HTTPService")
 
     async def _start_metrics(self, metrics: Metrics) -> None:
@@ -139,7 +144,7 @@ class Server:
 
     async def _start_grpc(self) -> None:
         self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
-        add_to_server(self._grpc, self.dataplane)
+        add_to_server(self._grpc, self.dataplane, self.config.grpc_restrictions)
         address = f"{_display_host(self.config.host)}:{self.config.grpc_port}"
         self.grpc_port = self._grpc.add_insecure_port(address)
         if self.grpc_port == 0:

@@ -248,6 +248,7 @@ STATUS = {
     "INVALID_ARGUMENT": ("400", "StatusCode.INVALID_ARGUMENT"),
     "NOT_FOUND": ("404", "StatusCode.NOT_FOUND"),
     "UNAVAILABLE": ("503", "StatusCode.UNAVAILABLE"),
+    "PERMISSION_DENIED": ("403", "StatusCode.PERMISSION_DENIED"),
 }
 
 

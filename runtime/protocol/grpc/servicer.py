@@ -6,14 +6,15 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
+from runtime.config import Restriction
 from runtime.dataplane import DataPlane
-from runtime.errors import InternalError, InvalidInput, ServingError
+from runtime.errors import InternalError, InvalidInput, PermissionDenied, ServingError
 from runtime.proto import grpc_service_pb2 as pb
 from runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from runtime.protocol.grpc import codec
@@ -33,12 +34,23 @@ def status_code(exc: ServingError) -> grpc.StatusCode:
     return grpc.StatusCode[exc.code.name]
 
 
-def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Abort the call with the mapped status when a handler raises."""
+Handler = Callable[..., Awaitable[Any]]
 
+
+def unary(api_group: str) -> Callable[[Handler], Handler]:
+    """Abort the call with the mapped status when a handler raises; check its API's key."""
+
+    def decorate(method: Handler) -> Handler:
+        return _guard(method, api_group)
+
+    return decorate
+
+
+def _guard(method: Handler, api_group: str) -> Handler:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            self.check_restriction(api_group, context)
             return await method(self, request, context)
         except ServingError as exc:
             await context.abort(status_code(exc), exc.message)
@@ -52,47 +64,59 @@ def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Translates each RPC to one DataPlane call."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(
+        self, dataplane: DataPlane, restrictions: Mapping[str, Restriction] | None = None
+    ) -> None:
         self.dp = dataplane
+        self.restrictions = dict(restrictions or {})
 
-    @unary
+    def check_restriction(self, api_group: str, context: Any) -> None:
+        """A restricted API needs its metadata key with its value (PERMISSION_DENIED)."""
+        restriction = self.restrictions.get(api_group)
+        if restriction is None:
+            return
+        metadata = dict(context.invocation_metadata() or ())
+        if metadata.get(restriction.key) != restriction.value:
+            raise PermissionDenied(f"This API is restricted, expecting header '{restriction.key}'")
+
+    @unary("health")
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=self.dp.live)
 
-    @unary
+    @unary("health")
     async def ServerReady(self, request: Any, context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.dp.ready)
 
-    @unary
+    @unary("health")
     async def ModelReady(self, request: Any, context: Any) -> Any:
         return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version))
 
-    @unary
+    @unary("metadata")
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return json_format.ParseDict(self.dp.server_metadata(), pb.ServerMetadataResponse())
 
-    @unary
+    @unary("metadata")
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         meta = self.dp.model_metadata(request.name, request.version)
         return json_format.ParseDict(meta, pb.ModelMetadataResponse())
 
-    @unary
+    @unary("model-config")
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         response = pb.ModelConfigResponse()
         response.config.CopyFrom(self.dp.model_config(request.name, request.version))
         return response
 
-    @unary
+    @unary("statistics")
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         stats = self.dp.statistics(request.name, request.version)
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
-    @unary
+    @unary("model-repository")
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         rows = self.dp.repository_index(request.ready)
         return json_format.ParseDict({"models": rows}, pb.RepositoryIndexResponse())
 
-    @unary
+    @unary("model-repository")
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         config = None
         for key, value in request.parameters.items():
@@ -103,12 +127,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         await self.dp.load_model(request.model_name, config)
         return pb.RepositoryModelLoadResponse()
 
-    @unary
+    @unary("model-repository")
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         await self.dp.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    @unary
+    @unary("inference")
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         received_ns = time.monotonic_ns()
         decoded = codec.decode_request(request)
@@ -123,6 +147,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
         An error goes into that response's error_message and the stream stays open.
         """
+        try:
+            self.check_restriction("inference", context)
+        except PermissionDenied as exc:
+            await context.abort(status_code(exc), exc.message)
         results: asyncio.Queue[Any] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
@@ -178,5 +206,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     LogSettings = _unimplemented
 
 
-def add_to_server(server: grpc.aio.Server, dataplane: DataPlane) -> None:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+def add_to_server(
+    server: grpc.aio.Server,
+    dataplane: DataPlane,
+    restrictions: Mapping[str, Restriction] | None = None,
+) -> None:
+    servicer = InferenceServicer(dataplane, restrictions)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

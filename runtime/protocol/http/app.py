@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from runtime.config import Restriction
 from runtime.dataplane import DataPlane
-from runtime.errors import InvalidInput, ServingError, TooLarge, Unavailable
+from runtime.errors import InvalidInput, PermissionDenied, ServingError, TooLarge, Unavailable
 from runtime.monitoring.metrics import CONTENT_TYPE, Metrics
 from runtime.protocol.http import codec
 
@@ -42,12 +43,22 @@ def error_response(exc: ServingError) -> Response:
     return json_response({"error": exc.message}, exc.http_status, headers)
 
 
-def guarded(endpoint: Endpoint) -> Endpoint:
-    """Turn errors into `{"error": ...}` with the status from the one error table."""
+def guarded(endpoint: Endpoint, restriction: Restriction | None = None) -> Endpoint:
+    """Turn errors into `{"error": ...}` with the status from the one error table.
+
+    With a restriction, the request must carry its header with its value (403 otherwise).
+    """
 
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
         try:
+            if (
+                restriction is not None
+                and request.headers.get(restriction.key) != restriction.value
+            ):
+                raise PermissionDenied(
+                    f"This API is restricted, expecting header '{restriction.key}'"
+                )
             return await endpoint(request)
         except ServingError as exc:
             return error_response(exc)
@@ -217,27 +228,36 @@ def create_metrics_app(metrics: Metrics) -> Starlette:
     )
 
 
-def create_app(dataplane: DataPlane, max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> Starlette:
+def create_app(
+    dataplane: DataPlane,
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
+    restrictions: Mapping[str, Restriction] | None = None,
+) -> Starlette:
     """The Starlette application serving the v2 REST API."""
     api = HttpApi(dataplane, max_input_size)
+    restricted = dict(restrictions or {})
+
+    def route(path: str, endpoint: Endpoint, api_group: str, method: str = "GET") -> Route:
+        return Route(path, guarded(endpoint, restricted.get(api_group)), methods=[method])
+
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version:int}"
     routes: list[Route] = [
-        Route("/v2/health/live", guarded(api.live), methods=["GET"]),
-        Route("/v2/health/ready", guarded(api.ready), methods=["GET"]),
-        Route("/v2", guarded(api.server_metadata), methods=["GET"]),
-        Route("/v2/models/stats", guarded(api.statistics), methods=["GET"]),
-        Route("/v2/autoscale", guarded(api.autoscale), methods=["GET"]),
-        Route("/v2/repository/index", guarded(api.repository_index), methods=["POST"]),
-        Route("/v2/repository/models/{name}/load", guarded(api.load), methods=["POST"]),
-        Route("/v2/repository/models/{name}/unload", guarded(api.unload), methods=["POST"]),
+        route("/v2/health/live", api.live, "health"),
+        route("/v2/health/ready", api.ready, "health"),
+        route("/v2", api.server_metadata, "metadata"),
+        route("/v2/models/stats", api.statistics, "statistics"),
+        route("/v2/autoscale", api.autoscale, "statistics"),
+        route("/v2/repository/index", api.repository_index, "model-repository", "POST"),
+        route("/v2/repository/models/{name}/load", api.load, "model-repository", "POST"),
+        route("/v2/repository/models/{name}/unload", api.unload, "model-repository", "POST"),
     ]
     for prefix in (model, versioned):
         routes += [
-            Route(prefix, guarded(api.model_metadata), methods=["GET"]),
-            Route(prefix + "/ready", guarded(api.model_ready), methods=["GET"]),
-            Route(prefix + "/config", guarded(api.model_config), methods=["GET"]),
-            Route(prefix + "/stats", guarded(api.statistics), methods=["GET"]),
-            Route(prefix + "/infer", guarded(api.infer), methods=["POST"]),
+            route(prefix, api.model_metadata, "metadata"),
+            route(prefix + "/ready", api.model_ready, "health"),
+            route(prefix + "/config", api.model_config, "model-config"),
+            route(prefix + "/stats", api.statistics, "statistics"),
+            route(prefix + "/infer", api.infer, "inference", "POST"),
         ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
