@@ -63,6 +63,18 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default="auto",
         help="auto: follow each model's instance_group; cpu/gpu: force it",
     )
+    p.add_argument("--http-ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--http-ssl-keyfile", type=Path, help="the HTTPS certificate's key (PEM)")
+    p.add_argument("--grpc-use-ssl", type=_bool, default=False, help="serve gRPC over TLS")
+    p.add_argument(
+        "--grpc-use-ssl-mutual",
+        type=_bool,
+        default=False,
+        help="gRPC over TLS, clients must present a certificate signed by --grpc-root-cert",
+    )
+    p.add_argument("--grpc-server-cert", type=Path, help="gRPC server certificate (PEM)")
+    p.add_argument("--grpc-server-key", type=Path, help="gRPC server key (PEM)")
+    p.add_argument("--grpc-root-cert", type=Path, help="root certificate for client certificates")
     p.add_argument(
         "--http-restricted-api",
         action="append",
@@ -141,6 +153,13 @@ def _serve(args: argparse.Namespace) -> int:
         http_max_input_size=args.http_max_input_size,
         exit_timeout_s=args.exit_timeout_secs,
         device=args.device,
+        http_ssl_certfile=args.http_ssl_certfile,
+        http_ssl_keyfile=args.http_ssl_keyfile,
+        grpc_use_ssl=args.grpc_use_ssl,
+        grpc_use_ssl_mutual=args.grpc_use_ssl_mutual,
+        grpc_server_cert=args.grpc_server_cert,
+        grpc_server_key=args.grpc_server_key,
+        grpc_root_cert=args.grpc_root_cert,
         http_restrictions=_restrictions(args.http_restricted_api),
         grpc_restrictions=_restrictions(args.grpc_restricted_protocol),
         autoscale=AutoscalePolicy(

@@ -48,6 +48,15 @@ class ServerConfig:
     exit_timeout_s: float = 30.0
     device: str = "auto"
     autoscale: AutoscalePolicy = field(default_factory=AutoscalePolicy)
+    # TLS: HTTPS with a certificate and key; gRPC with Triton's flags (mutual: clients
+    # must present a certificate signed by grpc_root_cert).
+    http_ssl_certfile: Path | None = None
+    http_ssl_keyfile: Path | None = None
+    grpc_use_ssl: bool = False
+    grpc_use_ssl_mutual: bool = False
+    grpc_server_cert: Path | None = None
+    grpc_server_key: Path | None = None
+    grpc_root_cert: Path | None = None
     http_restrictions: dict[str, Restriction] = field(default_factory=dict)
     grpc_restrictions: dict[str, Restriction] = field(default_factory=dict)
 
@@ -111,13 +120,20 @@ class Server:
         app = create_app(
             self.dataplane, self.config.http_max_input_size, self.config.http_restrictions
         )
-        self.http_port = await self._serve_asgi(app, self.config.http_port, "HTTPService")
+        tls = (self.config.http_ssl_certfile, self.config.http_ssl_keyfile)
+        self.http_port = await self._serve_asgi(app, self.config.http_port, "HTTPService", tls)
 
     async def _start_metrics(self, metrics: Metrics) -> None:
         app = create_metrics_app(metrics)
         self.metrics_port = await self._serve_asgi(app, self.config.metrics_port, "Metrics Service")
 
-    async def _serve_asgi(self, app: ASGIApp, port: int, name: str) -> int:
+    async def _serve_asgi(
+        self,
+        app: ASGIApp,
+        port: int,
+        name: str,
+        tls: tuple[Path | None, Path | None] = (None, None),
+    ) -> int:
         """Bind first (port 0 picks one), then run uvicorn on the socket in this loop."""
         sock = _bind(self.config.host, port)
         bound: int = sock.getsockname()[1]
@@ -130,6 +146,8 @@ class Server:
             log_config=None,
             timeout_graceful_shutdown=max(1, round(self.config.exit_timeout_s)),
             timeout_keep_alive=30,
+            ssl_certfile=str(tls[0]) if tls[0] else None,
+            ssl_keyfile=str(tls[1]) if tls[1] else None,
         )
         server = _UvicornServer(uv_config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -146,7 +164,10 @@ class Server:
         self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
         add_to_server(self._grpc, self.dataplane, self.config.grpc_restrictions)
         address = f"{_display_host(self.config.host)}:{self.config.grpc_port}"
-        self.grpc_port = self._grpc.add_insecure_port(address)
+        if self.config.grpc_use_ssl or self.config.grpc_use_ssl_mutual:
+            self.grpc_port = self._grpc.add_secure_port(address, self._grpc_credentials())
+        else:
+            self.grpc_port = self._grpc.add_insecure_port(address)
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {address}")
         await self._grpc.start()
@@ -154,6 +175,19 @@ class Server:
             "Started GRPCInferenceService at %s:%d",
             _display_host(self.config.host),
             self.grpc_port,
+        )
+
+    def _grpc_credentials(self) -> grpc.ServerCredentials:
+        c = self.config
+        if c.grpc_server_cert is None or c.grpc_server_key is None:
+            raise ValueError("--grpc-use-ssl needs --grpc-server-cert and --grpc-server-key")
+        if c.grpc_use_ssl_mutual and c.grpc_root_cert is None:
+            raise ValueError("--grpc-use-ssl-mutual needs --grpc-root-cert")
+        root = c.grpc_root_cert.read_bytes() if c.grpc_root_cert is not None else None
+        return grpc.ssl_server_credentials(
+            [(c.grpc_server_key.read_bytes(), c.grpc_server_cert.read_bytes())],
+            root_certificates=root,
+            require_client_auth=c.grpc_use_ssl_mutual,
         )
 
     async def _load_models(self) -> None:

@@ -13,6 +13,7 @@ import inspect
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -51,6 +52,7 @@ class ServerProcess:
     process: subprocess.Popen[str]
     log: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
+    tls_ca: Path | None = None  # when the HTTP port serves HTTPS, the CA to trust
     _port_event: threading.Event = field(default_factory=threading.Event)
     _drainer: threading.Thread | None = None
 
@@ -118,7 +120,10 @@ class ServerProcess:
 
 
 def start_server(
-    repo: Path | None, *extra: str, env: dict[str, str] | None = None
+    repo: Path | None,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    tls_ca: Path | None = None,
 ) -> ServerProcess:
     """Start the server on ephemeral ports and wait until it is ready.
 
@@ -142,7 +147,7 @@ def start_server(
         cwd=Path(__file__).resolve().parents[2],
         env={**os.environ, **(env or {})},
     )
-    server = ServerProcess(repo or Path(), process)
+    server = ServerProcess(repo or Path(), process, tls_ca=tls_ca)
     server.start_draining()
     try:
         server.wait_ready()
@@ -154,10 +159,10 @@ def start_server(
 
 @contextlib.contextmanager
 def running_server(
-    repo: Path | None, *extra: str, env: dict[str, str] | None = None
+    repo: Path | None, *extra: str, env: dict[str, str] | None = None, tls_ca: Path | None = None
 ) -> Iterator[ServerProcess]:
     """A server for the duration of the block; it must exit 0 on SIGTERM."""
-    server = start_server(repo, *extra, env=env)
+    server = start_server(repo, *extra, env=env, tls_ca=tls_ca)
     try:
         yield server
     finally:
@@ -274,7 +279,12 @@ def http_request(
 ) -> tuple[int, dict[str, str], bytes]:
     """One raw HTTP exchange with the server: (status, lower-cased headers, body)."""
     host, port = srv.http_url.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+    conn: http.client.HTTPConnection
+    if srv.tls_ca is not None:
+        context = ssl.create_default_context(cafile=str(srv.tls_ca))
+        conn = http.client.HTTPSConnection(host, int(port), timeout=timeout_s, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
