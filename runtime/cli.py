@@ -90,6 +90,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="require metadata KEY=VALUE for these APIs over gRPC",
     )
     p.add_argument(
+        "--default-max-queue-size",
+        type=int,
+        default=4096,
+        help="requests a model queues when its config sets no max_queue_size; beyond it "
+        "requests are refused at once with 503 (default 4096; 0 = unbounded, as Triton)",
+    )
+    p.add_argument(
         "--autoscale-window-secs",
         type=float,
         default=10.0,
@@ -162,6 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_root_cert=args.grpc_root_cert,
         http_restrictions=_restrictions(args.http_restricted_api),
         grpc_restrictions=_restrictions(args.grpc_restricted_protocol),
+        default_max_queue_size=args.default_max_queue_size,
         autoscale=AutoscalePolicy(
             window_s=args.autoscale_window_secs,
             latency_target_s=args.autoscale_latency_target_ms / 1000,

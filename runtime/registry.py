@@ -93,9 +93,11 @@ class Registry:
         device: str = "auto",
         observers_for: ObserverFactory | None = None,
         autoscale: AutoscalePolicy | None = None,
+        default_max_queue_size: int = 0,
     ) -> None:
         self.roots = list(roots)
         self.autoscale = autoscale or AutoscalePolicy()
+        self.default_max_queue_size = default_max_queue_size
         self.device = device
         self.observers_for = observers_for
         self._models: dict[str, ModelEntry] = {}
@@ -241,7 +243,12 @@ class Registry:
         def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             return backend.run(inputs, output_names)
 
-        batcher = DynamicBatcher(loaded.config, run, ObserverGroup([stats, load, *extra]))
+        batcher = DynamicBatcher(
+            loaded.config,
+            run,
+            ObserverGroup([stats, load, *extra]),
+            self.default_max_queue_size,
+        )
         return ModelVersion(
             name, version, loaded.config, loaded, batcher, stats, load, (stats, load, *extra)
         )

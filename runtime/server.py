@@ -48,6 +48,9 @@ class ServerConfig:
     exit_timeout_s: float = 30.0
     device: str = "auto"
     autoscale: AutoscalePolicy = field(default_factory=AutoscalePolicy)
+    # Requests one model version queues when its config sets no max_queue_size. Triton
+    # leaves that unbounded; a bound turns overload into fast 503s instead of memory growth.
+    default_max_queue_size: int = 4096
     # TLS: HTTPS with a certificate and key; gRPC with Triton's flags (mutual: clients
     # must present a certificate signed by grpc_root_cert).
     http_ssl_certfile: Path | None = None
@@ -93,6 +96,7 @@ class Server:
             config.device,
             self.metrics.observers_for if self.metrics is not None else None,
             config.autoscale,
+            config.default_max_queue_size,
         )
         if self.metrics is not None:
             self.metrics.attach(self.registry)

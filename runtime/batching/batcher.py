@@ -99,12 +99,18 @@ def _resolve(
 class DynamicBatcher:
     """Queues requests for one model version and runs them in batches."""
 
-    def __init__(self, config: ModelConfig, run: RunFn, observer: BatchObserver) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        run: RunFn,
+        observer: BatchObserver,
+        default_max_queue_size: int = 0,
+    ) -> None:
         self._config = config
         self._batching = config.batching
         self._run_model = run
         self._observer = observer
-        self._queue = PriorityQueue(config.batching)
+        self._queue = PriorityQueue(config.batching, default_max_queue_size)
         self._max_rows = config.max_batch_size if config.batching.enabled else 0
         self._delay_ns = config.batching.max_queue_delay_us * 1000
         self.slo: SloController | None = None

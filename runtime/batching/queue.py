@@ -37,12 +37,13 @@ class PriorityQueue:
     Admission happens at `put`: a level whose queue is full refuses at once, as Triton does.
     """
 
-    def __init__(self, config: BatchingConfig) -> None:
+    def __init__(self, config: BatchingConfig, default_limit: int = 0) -> None:
         self._config = config
         levels = max(config.priority_levels, 1)
         # Serving order: level 1 live, level 1 delayed, level 2 live, ...
         self._order: list[deque[Pending]] = [deque() for _ in range(2 * levels)]
-        self._limits = [config.policy(i + 1).max_queue_size for i in range(levels)]
+        # A level's own max_queue_size wins; else the server's default (0 = unbounded).
+        self._limits = [config.policy(i + 1).max_queue_size or default_limit for i in range(levels)]
         self.delay_on_timeout = [config.policy(i + 1).timeout_action_delay for i in range(levels)]
         self._size = 0
 

@@ -856,3 +856,32 @@ def test_request_whose_client_went_away_is_dropped_at_dequeue() -> None:
         assert [type(e) for e in recorder.rejected] == [Cancelled]
 
     run(body())
+
+
+@pytest.mark.parametrize(("configured", "default", "admitted"), [(0, 2, 2), (3, 2, 3), (0, 0, 5)])
+def test_server_default_bounds_a_queue_the_config_leaves_open(
+    configured: int, default: int, admitted: int
+) -> None:
+    async def body() -> None:
+        model = FakeModel()
+        config = make_config(1, policy=QueuePolicy(max_queue_size=configured))
+        batcher = DynamicBatcher(config, model, Recorder(), default_max_queue_size=default)
+        batcher.start()
+        try:
+            model.block()
+            running = submit(batcher, rows(1, 0))
+            await model.entered()
+            queued = []
+            for i in range(5):
+                try:
+                    queued.append(submit(batcher, rows(1, i + 1)))
+                except Unavailable:
+                    break
+            assert len(queued) == admitted
+            model.gate.set()
+            await asyncio.gather(running, *queued)
+        finally:
+            model.gate.set()
+            await batcher.stop(drain=False)
+
+    run(body())
