@@ -137,6 +137,20 @@ def _slow() -> onnx.ModelProto:
     )
 
 
+def _gather() -> onnx.ModelProto:
+    """INT64 INPUT0 [batch, 1] indices into a constant [0, 10, ..., 90] -> FP32 OUTPUT0.
+
+    An index outside 0..9 makes ONNX Runtime fail inside the run: a model fault on demand.
+    """
+    table = np.arange(10, dtype=np.float32) * 10
+    return _model(
+        [helper.make_node("Gather", ["table", "INPUT0"], ["OUTPUT0"])],
+        [_io("INPUT0", "INT64", ["batch", 1])],
+        [_io("OUTPUT0", "FP32", ["batch", 1])],
+        [numpy_helper.from_array(table, "table")],
+    )
+
+
 def _all_types() -> onnx.ModelProto:
     """IN_<DT> [batch, 3] -> OUT_<DT>, an Identity for each datatype in DATATYPES."""
     return _model(
@@ -158,6 +172,7 @@ GRAPHS: dict[tuple[str, int], Callable[[], onnx.ModelProto]] = {
     ("noconfig", 1): lambda: _scale(3.0, ["batch", 3]),
     ("slow_fp32", 1): _slow,
     ("queued_fp32", 1): lambda: _offset(0.5),
+    ("faulty_gather", 1): _gather,
     ("all_types", 1): _all_types,
 }
 
@@ -310,6 +325,11 @@ def queued_fp32(root: Path) -> Path:
     return model_dir
 
 
+def faulty_gather(root: Path) -> Path:
+    """Fails inside ONNX Runtime for an index outside 0..9; no config (completed)."""
+    return write_model(root, "faulty_gather")
+
+
 def all_types(root: Path) -> Path:
     """IN_<DT> -> OUT_<DT> Identity for every datatype in DATATYPES, dims [3]."""
     model_dir = write_model(root, "all_types")
@@ -330,6 +350,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "corrupt": corrupt,
     "slow_fp32": slow_fp32,
     "queued_fp32": queued_fp32,
+    "faulty_gather": faulty_gather,
     "all_types": all_types,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(BUILDERS)

@@ -254,6 +254,7 @@ STATUS = {
     "NOT_FOUND": ("404", "StatusCode.NOT_FOUND"),
     "UNAVAILABLE": ("503", "StatusCode.UNAVAILABLE"),
     "PERMISSION_DENIED": ("403", "StatusCode.PERMISSION_DENIED"),
+    "INTERNAL": ("500", "StatusCode.INTERNAL"),
 }
 
 
