@@ -174,21 +174,34 @@ async def _http_exchange(
 
 
 class HttpPool:
-    """Keep-alive connections for an open loop: one per request in flight, reused when idle."""
+    """Keep-alive connections for an open loop: one per request in flight, reused when idle.
 
-    def __init__(self, host: str, port: int, request: bytes) -> None:
+    A connection idle longer than `max_idle_s` is closed rather than reused: servers drop
+    idle keep-alive connections (uvicorn after 5-30 s), and a request written to one the
+    server already closed fails without ever reaching it.
+    """
+
+    def __init__(self, host: str, port: int, request: bytes, max_idle_s: float = 4.0) -> None:
         self.host, self.port, self.request = host, port, request
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.max_idle_s = max_idle_s
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self._all: list[asyncio.StreamWriter] = []
 
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if now - since < self.max_idle_s and not writer.is_closing():
+                return reader, writer
+            writer.close()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        self._all.append(writer)
+        return reader, writer
+
     async def call(self) -> str | None:
-        if self._idle:
-            reader, writer = self._idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self._all.append(writer)
+        reader, writer = await self._connection()
         error = await _http_exchange(reader, writer, self.request)
-        self._idle.append((reader, writer))
+        self._idle.append((reader, writer, time.monotonic()))
         return error
 
     def close(self) -> None:
