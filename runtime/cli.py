@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from runtime import __version__
 from runtime.config import Restriction, parse_restrictions
@@ -117,6 +118,59 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench", help="measure latency and throughput of a KServe v2 server")
+    p.add_argument("--url", required=True, help="HOST:PORT of the server (HTTP or gRPC port)")
+    p.add_argument("--protocol", choices=["http", "grpc"], default="grpc")
+    p.add_argument("--model", required=True)
+    p.add_argument("--concurrency", default="", help="closed-loop steps, e.g. 1,8,32")
+    p.add_argument("--request-rate", default="", help="open-loop steps in req/s, e.g. 500,1000")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured per step")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    p.add_argument("--batch-size", type=int, default=1, help="rows per request")
+    p.add_argument("--input-data", type=Path, help="perf_analyzer-style JSON input file")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--plot", type=Path, help="write a latency-throughput plot (PNG) here")
+
+
+def _numbers(text: str, kind: type) -> list[Any]:
+    return [kind(x) for x in text.split(",") if x.strip()]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from runtime.loadtest import bench, report
+
+    target = bench.Target.parse(args.url, args.protocol, args.model)
+    concurrency = _numbers(args.concurrency, int)
+    rates = _numbers(args.request_rate, float)
+    if not concurrency and not rates:
+        concurrency = [1, 8, 32]
+    try:
+        with Progress(transient=True) as progress:
+            task = progress.add_task("benchmarking", total=len(concurrency) + len(rates))
+            rows = asyncio.run(
+                bench.sweep(
+                    target, concurrency, rates, args.duration, args.warmup, args.batch_size,
+                    args.input_data, lambda: progress.advance(task),
+                )
+            )  # fmt: skip
+    except Exception as exc:  # unreachable server, unknown model, bad input file
+        print(f"conveyor bench: {target.model} at {target.url}: {exc}", file=sys.stderr)
+        return 1
+    console = Console(width=160)
+    console.print(report.table(target, rows))
+    if args.json:
+        report.write_json(args.json, target, rows)
+        console.print(f"wrote {args.json}")
+    if args.plot:
+        report.plot(args.plot, target, rows)
+        console.print(f"wrote {args.plot}")
+    return 0
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -137,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -187,12 +242,14 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        level=getattr(logging, getattr(args, "log_level", "warning").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     if args.command == "serve":
         return _serve(args)
+    if args.command == "bench":
+        return _bench(args)
     return 2
 
 
