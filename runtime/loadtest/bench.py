@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -228,8 +229,14 @@ async def sweep(
     rows = []
     for conc, rate in steps:
         before = await statistics(target)
+        cpu_start = time.process_time()
         step = await run_step(target, inputs, datatypes, conc, rate, duration_s, warmup_s)
+        cpu_s = time.process_time() - cpu_start
         row = step.summary()
+        # The client's own cost, warm-up included: its ceiling is 1 / that (one core).
+        sent = max(1.0, row["throughput_rps"] * (duration_s + warmup_s))
+        row["client_cpu_us_per_request"] = 1e6 * cpu_s / sent
+        row["client_ceiling_rps"] = sent / cpu_s if cpu_s > 0 else None
         row["mode"] = "open" if rate else "closed"
         row["batch_size"] = batch_size
         row.update(server_times(before, await statistics(target)))

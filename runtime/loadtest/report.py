@@ -22,7 +22,7 @@ def _label(row: dict[str, Any]) -> str:
 def table(target: Target, rows: list[dict[str, Any]]) -> Table:
     t = Table(title=f"{target.model} over {target.protocol} at {target.url}")
     for col in ("step", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "server queue ms",
-                "server compute ms", "errors"):  # fmt: skip
+                "server compute ms", "client CPU us/req", "errors"):  # fmt: skip
         t.add_column(col, justify="right")
     for r in rows:
         compute = sum(r.get(f"server_{k}_ms", 0.0) for k in ("compute_input", "compute_infer",
@@ -36,6 +36,7 @@ def table(target: Target, rows: list[dict[str, Any]]) -> Table:
             f"{r['p999_ms']:.2f}",
             f"{r['server_queue_ms']:.2f}" if "server_queue_ms" in r else "-",
             f"{compute:.2f}" if "server_queue_ms" in r else "-",
+            f"{r['client_cpu_us_per_request']:.0f}",
             ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0",
         )
     return t
