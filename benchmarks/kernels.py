@@ -1,0 +1,119 @@
+"""Pre/post kernels: Numba against the NumPy reference, and the public choice, at batch 1/64/256.
+
+    .venv/bin/python benchmarks/kernels.py [--budget-s 0.2]
+
+Median microseconds per call after warm-up. "Batch" is rows (images for the image ops, candidate
+boxes for NMS). Writes benchmarks/results/kernels.json and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import kernels  # noqa: E402
+from kernels import compiled, reference  # noqa: E402
+
+BATCHES = (1, 64, 256)
+RESULTS = ROOT / "benchmarks" / "results" / "kernels.json"
+
+
+def boxes(n: int, rng: np.random.Generator) -> tuple[Any, ...]:
+    """n boxes clustered so that NMS has real suppression to do."""
+    xy = rng.uniform(0, 500, (n, 2))
+    wh = rng.uniform(20, 80, (n, 2))
+    return np.hstack([xy, xy + wh]).astype(np.float32), rng.random(n).astype(np.float32), 0.5, 0.05
+
+
+def inputs(name: str, batch: int, rng: np.random.Generator) -> tuple[Any, ...]:
+    """Representative serving inputs for one op at one batch size."""
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    edges = np.tile(np.linspace(-2, 2, 11), (32, 1))
+    table: dict[str, Callable[[], tuple[Any, ...]]] = {
+        "standardize": lambda: (
+            rng.normal(size=(batch, 32)).astype(np.float32),
+            np.zeros(32, np.float32),
+            np.ones(32, np.float32),
+        ),
+        "normalize_image": lambda: (
+            rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8),
+            mean,
+            std,
+        ),
+        "resize_bilinear": lambda: (
+            rng.integers(0, 256, (batch, 96, 96, 3), dtype=np.uint8),
+            64,
+            64,
+        ),
+        "one_hot": lambda: (rng.integers(-1, 50, batch), 50),
+        "bucketize": lambda: (rng.normal(size=(batch, 32)).astype(np.float32), edges[0]),
+        "softmax": lambda: (rng.normal(size=(batch, 1000)).astype(np.float32),),
+        "sigmoid": lambda: (rng.normal(size=(batch, 80)).astype(np.float32),),
+        "topk": lambda: (rng.normal(size=(batch, 1000)).astype(np.float32), 5),
+        "nms": lambda: boxes(batch, rng),
+        "histogram": lambda: (rng.normal(size=(batch, 32)).astype(np.float32), edges),
+    }
+    return table[name]()
+
+
+def median_us(fn: Callable[..., Any], args: tuple[Any, ...], budget_s: float) -> float:
+    """Median of repeated timed calls, after one untimed warm-up call."""
+    fn(*args)
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 2000):
+        start = time.perf_counter_ns()
+        fn(*args)
+        samples.append((time.perf_counter_ns() - start) / 1e3)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--budget-s", type=float, default=0.2, help="time per measurement")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    kernels.warm_up()
+    rows: list[dict[str, Any]] = []
+    for name in kernels.KERNELS:
+        for batch in BATCHES:
+            call = inputs(name, batch, rng)
+            numpy_us = median_us(getattr(reference, name), call, args.budget_s)
+            numba_us = median_us(getattr(compiled, name), call, args.budget_s)
+            public_us = median_us(kernels.KERNELS[name], call, args.budget_s)
+            rows.append(
+                {"op": name, "batch": batch, "numpy_us": numpy_us, "numba_us": numba_us,
+                 "public_us": public_us, "speedup": numpy_us / numba_us}
+            )  # fmt: skip
+    table = Table(title="kernels: median µs per call (lower is better)")
+    for col in ("op", "batch", "NumPy µs", "Numba µs", "Numba speedup", "public µs"):
+        table.add_column(col, justify="left" if col == "op" else "right")
+    for r in rows:
+        table.add_row(
+            r["op"], str(r["batch"]), f"{r['numpy_us']:.1f}", f"{r['numba_us']:.1f}",
+            f"{r['speedup']:.2f}x", f"{r['public_us']:.1f}",
+        )  # fmt: skip
+    Console().print(table)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count()}
+    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""Numba kernels (serial, nogil, cached) with typed wrappers that normalise their inputs.
+
+The wrappers cast to one dtype and C order per kernel, so that a request never meets a new
+signature (and a compile) that `warm_up` did not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+# error_model="numpy": a float division by zero gives inf/nan as in NumPy instead of raising.
+_jit = numba.njit(nogil=True, cache=True, error_model="numpy")
+
+
+def _standardize_loop(
+    x: NDArray[Any], mean: NDArray[np.float64], std: NDArray[np.float64]
+) -> NDArray[np.float32]:
+    out = np.empty(x.shape, np.float32)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = (x[i, j] - mean[j]) / std[j]
+    return out
+
+
+def _normalize_image_loop(
+    img: NDArray[np.uint8], mean: NDArray[np.float64], std: NDArray[np.float64]
+) -> NDArray[np.float32]:
+    n, h, w, c = img.shape
+    # One float32 per (channel, byte value), computed exactly as the reference does, so the
+    # pixel loop is a gather and the result is bit-identical to NumPy.
+    lut = np.empty((c, 256), np.float32)
+    for ch in range(c):
+        for v in range(256):
+            lut[ch, v] = (v / 255 - mean[ch]) / std[ch]
+    out = np.empty((n, c, h, w), np.float32)
+    # Channel-outer, so the NCHW output is written contiguously (2x faster than pixel-outer).
+    for b in range(n):
+        for ch in range(c):
+            for y in range(h):
+                for x in range(w):
+                    out[b, ch, y, x] = lut[ch, img[b, y, x, ch]]
+    return out
+
+
+def _axis_weights_loop(
+    size_in: int, size_out: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+    lo = np.empty(size_out, np.int64)
+    hi = np.empty(size_out, np.int64)
+    weight = np.empty(size_out, np.float64)
+    scale = size_in / size_out
+    for d in range(size_out):
+        src = max((d + 0.5) * scale - 0.5, 0.0)
+        lo[d] = min(math.floor(src), size_in - 1)
+        hi[d] = min(lo[d] + 1, size_in - 1)
+        weight[d] = src - lo[d] if lo[d] < size_in - 1 else 0.0
+    return lo, hi, weight
+
+
+_axis_weights = _jit(_axis_weights_loop)
+
+
+def _resize_bilinear_loop(img: NDArray[Any], height: int, width: int) -> NDArray[np.float32]:
+    n, h, w, c = img.shape
+    y0, y1, wy = _axis_weights(h, height)
+    x0, x1, wx = _axis_weights(w, width)
+    out = np.empty((n, height, width, c), np.float32)
+    for b in range(n):
+        for y in range(height):
+            for x in range(width):
+                for ch in range(c):
+                    # Same expression order as the reference, so float64 results match exactly.
+                    top = img[b, y0[y], x0[x], ch] * (1 - wx[x]) + img[b, y0[y], x1[x], ch] * wx[x]
+                    bot = img[b, y1[y], x0[x], ch] * (1 - wx[x]) + img[b, y1[y], x1[x], ch] * wx[x]
+                    out[b, y, x, ch] = top * (1 - wy[y]) + bot * wy[y]
+    return out
+
+
+def _one_hot_loop(codes: NDArray[np.int64], n: int) -> NDArray[np.float32]:
+    out = np.zeros((codes.shape[0], n), np.float32)
+    for i in range(codes.shape[0]):
+        if 0 <= codes[i] < n:
+            out[i, codes[i]] = 1
+    return out
+
+
+def _search_right_loop(edges: NDArray[np.float64], v: float) -> int:
+    lo, hi = 0, edges.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        # `not v < e` rather than `e <= v`: NaN then sorts after every edge, as in NumPy.
+        if v < edges[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+_search_right = _jit(_search_right_loop)
+
+
+def _bucketize_loop(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.int64]:
+    out = np.empty(x.shape[0], np.int64)
+    for i in range(x.shape[0]):
+        out[i] = _search_right(edges, x[i])
+    return out
+
+
+def _histogram_loop(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.int64]:
+    counts = np.zeros((edges.shape[0], edges.shape[1] + 1), np.int64)
+    for i in range(x.shape[0]):
+        for f in range(x.shape[1]):
+            v = x[i, f]
+            if v == v:  # NaN is not counted
+                counts[f, _search_right(edges[f], v)] += 1
+    return counts
+
+
+def _softmax_loop(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        peak = x[i, 0]
+        for v in x[i]:
+            if v > peak or v != v:  # NaN propagates, as with ndarray.max
+                peak = v
+                if v != v:
+                    break
+        total = 0.0  # float64 accumulator: no drift over long rows
+        for j in range(x.shape[1]):
+            out[i, j] = math.exp(x[i, j] - peak)
+            total += out[i, j]
+        for j in range(x.shape[1]):
+            out[i, j] = out[i, j] / total
+    return out
+
+
+def _sigmoid_loop(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        z = np.float32(math.exp(-abs(x[i])))
+        out[i] = 1 / (1 + z) if x[i] >= 0 else z / (1 + z)
+    return out
+
+
+def _ranks_above_loop(v: float, w: float) -> bool:
+    """Whether v comes before w in top-k order: larger first, NaN after every number."""
+    return v > w or (w != w and v == v)
+
+
+_ranks_above = _jit(_ranks_above_loop)
+
+
+def _topk_row_loop(
+    row: NDArray[Any], k: int, values: NDArray[Any], indices: NDArray[np.int64]
+) -> None:
+    """Insertion into a sorted buffer of k: O(n k), far cheaper than a sort for small k."""
+    filled = 0
+    for j in range(row.shape[0]):
+        v = row[j]
+        if filled == k and not _ranks_above(v, values[k - 1]):
+            continue
+        # Ties stay behind existing entries (which have lower indices).
+        pos = min(filled, k - 1)
+        while pos > 0 and _ranks_above(v, values[pos - 1]):
+            values[pos] = values[pos - 1]
+            indices[pos] = indices[pos - 1]
+            pos -= 1
+        values[pos] = v
+        indices[pos] = j
+        filled = min(filled + 1, k)
+
+
+_topk_row = _jit(_topk_row_loop)
+
+
+def _topk_loop(x: NDArray[Any], k: int) -> tuple[NDArray[Any], NDArray[np.int64]]:
+    values = np.empty((x.shape[0], k), x.dtype)
+    indices = np.empty((x.shape[0], k), np.int64)
+    if k > 0:
+        for i in range(x.shape[0]):
+            _topk_row(x[i], k, values[i], indices[i])
+    return values, indices
+
+
+def _iou_loop(boxes: NDArray[np.float64], areas: NDArray[np.float64], i: int, j: int) -> float:
+    inter = max(0.0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0])) * max(
+        0.0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1])
+    )
+    union = areas[i] + areas[j] - inter
+    return inter / union if union > 0 else 0.0
+
+
+_iou = _jit(_iou_loop)
+
+
+def _nms_loop(
+    boxes: NDArray[np.float64],
+    scores: NDArray[np.float64],
+    iou_threshold: float,
+    score_threshold: float,
+) -> NDArray[np.int64]:
+    areas = np.maximum(0.0, boxes[:, 2] - boxes[:, 0]) * np.maximum(0.0, boxes[:, 3] - boxes[:, 1])
+    order = np.nonzero(scores > score_threshold)[0]
+    order = order[np.argsort(-scores[order], kind="mergesort")]  # mergesort is stable
+    suppressed = np.zeros(order.shape[0], np.bool_)
+    keep = np.empty(order.shape[0], np.int64)
+    kept = 0
+    for a in range(order.shape[0]):
+        if suppressed[a]:
+            continue
+        keep[kept] = order[a]
+        kept += 1
+        for b in range(a + 1, order.shape[0]):
+            if not suppressed[b] and _iou(boxes, areas, order[a], order[b]) > iou_threshold:
+                suppressed[b] = True
+    return keep[:kept].copy()
+
+
+_standardize = _jit(_standardize_loop)
+_normalize_image = _jit(_normalize_image_loop)
+_resize_bilinear = _jit(_resize_bilinear_loop)
+_one_hot = _jit(_one_hot_loop)
+_bucketize = _jit(_bucketize_loop)
+_histogram = _jit(_histogram_loop)
+_softmax = _jit(_softmax_loop)
+_sigmoid = _jit(_sigmoid_loop)
+_topk = _jit(_topk_loop)
+_nms = _jit(_nms_loop)
+
+
+def _float(x: ArrayLike) -> NDArray[Any]:
+    """float32 and float64 pass through; anything else becomes float64. Always C order."""
+    a = np.asarray(x)
+    return np.ascontiguousarray(a, a.dtype if a.dtype in (np.float32, np.float64) else np.float64)
+
+
+def _f64(x: ArrayLike) -> NDArray[np.float64]:
+    return np.ascontiguousarray(x, np.float64)
+
+
+def standardize(x: ArrayLike, mean: ArrayLike, std: ArrayLike) -> NDArray[np.float32]:
+    """((x - mean) / std) as float32, mean and std per column (last axis)."""
+    xf = _float(x)
+    out: NDArray[np.float32] = _standardize(
+        xf.reshape(-1, xf.shape[-1]), _f64(mean).ravel(), _f64(std).ravel()
+    )
+    return out.reshape(xf.shape)
+
+
+def normalize_image(img: ArrayLike, mean: ArrayLike, std: ArrayLike) -> NDArray[np.float32]:
+    """uint8 NHWC -> float32 NCHW: (img / 255 - mean[c]) / std[c], in one pass."""
+    out: NDArray[np.float32] = _normalize_image(
+        np.ascontiguousarray(img, np.uint8), _f64(mean).ravel(), _f64(std).ravel()
+    )
+    return out
+
+
+def resize_bilinear(img: ArrayLike, height: int, width: int) -> NDArray[np.float32]:
+    """NHWC bilinear resize with half-pixel centres (OpenCV INTER_LINEAR); float32 out."""
+    a = np.asarray(img)
+    src = np.ascontiguousarray(a, np.uint8 if a.dtype == np.uint8 else np.float32)
+    out: NDArray[np.float32] = _resize_bilinear(src, height, width)
+    return out
+
+
+def one_hot(codes: ArrayLike, n: int) -> NDArray[np.float32]:
+    """int codes [N] -> float32 [N, n]; a code outside 0..n-1 gives an all-zero row."""
+    out: NDArray[np.float32] = _one_hot(np.ascontiguousarray(codes, np.int64), n)
+    return out
+
+
+def bucketize(x: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
+    """np.digitize(x, edges) for increasing edges, any shape of x."""
+    xf = _float(x)
+    out: NDArray[np.int64] = _bucketize(xf.ravel(), _f64(edges))
+    return out.reshape(xf.shape)
+
+
+def histogram(x: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
+    """x [N, F], edges [F, B+1] -> counts [F, B+2]; bin 0 underflow, B+1 overflow, NaN skipped."""
+    out: NDArray[np.int64] = _histogram(_float(x), _f64(edges))
+    return out
+
+
+def softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.float32]:
+    """Softmax in float32 with the maximum subtracted first."""
+    moved = np.moveaxis(np.asarray(x, np.float32), axis, -1)
+    rows = np.ascontiguousarray(moved).reshape(-1, moved.shape[-1])
+    out: NDArray[np.float32] = _softmax(rows)
+    return np.moveaxis(out.reshape(moved.shape), -1, axis)
+
+
+def sigmoid(x: ArrayLike) -> NDArray[np.float32]:
+    """Logistic function in float32, via exp(-|x|) so that it never overflows."""
+    a = np.ascontiguousarray(x, np.float32)
+    out: NDArray[np.float32] = _sigmoid(a.ravel())
+    return out.reshape(a.shape)
+
+
+def topk(x: ArrayLike, k: int) -> tuple[NDArray[Any], NDArray[np.int64]]:
+    """The k largest along the last axis, descending; ties keep the lower index, NaN ranks last."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    xf = _float(x)
+    k = min(k, xf.shape[-1])
+    values, indices = _topk(xf.reshape(-1, xf.shape[-1]), k)
+    shape = (*xf.shape[:-1], k)
+    return values.reshape(shape), indices.reshape(shape)
+
+
+def nms(
+    boxes: ArrayLike, scores: ArrayLike, iou_threshold: float, score_threshold: float
+) -> NDArray[np.int64]:
+    """Greedy NMS over x1,y1,x2,y2 boxes: kept indices by descending score (ties: lower first)."""
+    out: NDArray[np.int64] = _nms(
+        _f64(boxes).reshape(-1, 4),
+        _f64(scores).ravel(),
+        float(iou_threshold),
+        float(score_threshold),
+    )
+    return out

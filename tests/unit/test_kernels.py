@@ -1,0 +1,233 @@
+"""Each Numba kernel against its NumPy reference, with Hypothesis over shapes, dtypes and edges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import kernels
+from kernels import compiled, reference
+
+# Deterministic and quick for CI: fixed seed, no example database, no per-example deadline
+# (the first example of each test pays the JIT compile).
+CI = settings(deadline=None, max_examples=50, derandomize=True, database=None)
+
+FLOATS = (np.float32, np.float64)
+EDGE_VALUES = (0.0, -0.0, 1.0, -1.0, 0.5, 2.0, np.nan, np.inf, -np.inf)
+
+
+def float_arrays(shape: Any, dtypes: tuple[Any, ...] = FLOATS) -> st.SearchStrategy[Any]:
+    """Arrays mixing ordinary values with NaN, inf and repeated values (ties)."""
+    return st.sampled_from(dtypes).flatmap(
+        lambda dt: hnp.arrays(
+            dt,
+            shape,
+            elements=st.one_of(
+                st.sampled_from(EDGE_VALUES),
+                st.floats(-1e6, 1e6, width=32),
+            ),
+        )
+    )
+
+
+def sorted_edges(size: st.SearchStrategy[int]) -> st.SearchStrategy[Any]:
+    return hnp.arrays(np.float64, size, elements=st.floats(-10, 10, width=32)).map(np.sort)
+
+
+def reference_of(fn: Callable[..., Any], *args: Any) -> Any:
+    # NumPy warns on 0/0, inf-inf and the like; the kernels define those results, not errors.
+    with np.errstate(all="ignore"):
+        return fn(*args)
+
+
+def assert_close(got: Any, want: Any) -> None:
+    assert got.shape == want.shape
+    assert got.dtype == want.dtype or (got.dtype.kind == want.dtype.kind == "i")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@CI
+@given(
+    x=st.tuples(st.integers(0, 8), st.integers(1, 6)).flatmap(
+        lambda s: float_arrays(s) | hnp.arrays(np.int64, s, elements=st.integers(-1000, 1000))
+    ),
+    data=st.data(),
+)
+def test_standardize(x: Any, data: st.DataObject) -> None:
+    f = x.shape[1]
+    mean = data.draw(hnp.arrays(np.float32, f, elements=st.floats(-100, 100, width=32)))
+    std = data.draw(hnp.arrays(np.float32, f, elements=st.sampled_from([0.0, 0.5, 1.0, 3.0])))
+    want = reference_of(reference.standardize, x, mean, std)
+    assert_close(compiled.standardize(x, mean, std), want)
+    assert_close(reference_of(kernels.standardize, x, mean, std), want)
+
+
+@CI
+@given(
+    img=hnp.arrays(
+        np.uint8, st.tuples(st.integers(0, 3), st.integers(1, 5), st.integers(1, 5), st.just(3))
+    ),
+    mean=hnp.arrays(np.float32, 3, elements=st.floats(0, 1, width=32)),
+    std=hnp.arrays(np.float32, 3, elements=st.floats(0.0625, 2, width=32)),
+)
+def test_normalize_image(img: Any, mean: Any, std: Any) -> None:
+    want = reference.normalize_image(img, mean, std)
+    assert want.flags.c_contiguous
+    # The lookup table is computed with the reference's float64 arithmetic: bit-identical.
+    np.testing.assert_array_equal(kernels.normalize_image(img, mean, std), want)
+
+
+@CI
+@given(
+    shape=st.tuples(st.integers(0, 2), st.integers(1, 6), st.integers(1, 6), st.integers(1, 3)),
+    size=st.tuples(st.integers(1, 8), st.integers(1, 8)),
+    dtype=st.sampled_from([np.uint8, np.float32]),
+    data=st.data(),
+)
+def test_resize_bilinear(
+    shape: Any, size: tuple[int, int], dtype: Any, data: st.DataObject
+) -> None:
+    elements = st.floats(-1e3, 1e3, width=32) if dtype == np.float32 else None
+    img = data.draw(hnp.arrays(dtype, shape, elements=elements))
+    assert_close(kernels.resize_bilinear(img, *size), reference.resize_bilinear(img, *size))
+
+
+def test_resize_bilinear_matches_opencv_half_pixel_centres() -> None:
+    # Upsampling [0, 10] to 4 pixels: centres at -0.25 (clamped), 0.25, 0.75, 1.25 (clamped).
+    img = np.array([0, 10], np.float32).reshape(1, 1, 2, 1)
+    got = kernels.resize_bilinear(img, 1, 4)
+    np.testing.assert_allclose(got.ravel(), [0.0, 2.5, 7.5, 10.0])
+
+
+@CI
+@given(
+    n=st.integers(1, 6),
+    dtype=st.sampled_from([np.int32, np.int64]),
+    length=st.integers(0, 10),
+    data=st.data(),
+)
+def test_one_hot(n: int, dtype: Any, length: int, data: st.DataObject) -> None:
+    codes = data.draw(hnp.arrays(dtype, length, elements=st.integers(-3, n + 3)))
+    np.testing.assert_array_equal(kernels.one_hot(codes, n), reference.one_hot(codes, n))
+
+
+@CI
+@given(
+    x=hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=6).flatmap(float_arrays),
+    edges=sorted_edges(st.integers(1, 8)),
+)
+def test_bucketize(x: Any, edges: Any) -> None:
+    want = reference.bucketize(x, edges)
+    np.testing.assert_array_equal(kernels.bucketize(x, edges), want)
+    assert kernels.bucketize(x, edges).shape == want.shape
+
+
+@CI
+@given(
+    x=st.tuples(st.integers(0, 10), st.integers(1, 4)).flatmap(float_arrays),
+    bins=st.integers(1, 6),
+    data=st.data(),
+)
+def test_histogram(x: Any, bins: int, data: st.DataObject) -> None:
+    edges = np.stack([data.draw(sorted_edges(st.just(bins + 1))) for _ in range(x.shape[1])])
+    want = reference.histogram(x, edges)
+    got = kernels.histogram(x, edges)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.int64
+    assert got.sum() == np.count_nonzero(~np.isnan(x))
+
+
+@CI
+@given(
+    x=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6).flatmap(float_arrays),
+    data=st.data(),
+)
+def test_softmax(x: Any, data: st.DataObject) -> None:
+    axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    want = reference_of(reference.softmax, x, axis)
+    assert_close(compiled.softmax(x, axis), want)
+    assert_close(reference_of(kernels.softmax, x, axis), want)
+
+
+@CI
+@given(x=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6).flatmap(float_arrays))
+def test_sigmoid(x: Any) -> None:
+    want = reference.sigmoid(x)
+    assert_close(compiled.sigmoid(x), want)
+    assert_close(kernels.sigmoid(x), want)
+
+
+def test_sigmoid_large_input_takes_the_numpy_path() -> None:
+    x = np.linspace(-100, 100, 20_000, dtype=np.float32)
+    assert_close(kernels.sigmoid(x), compiled.sigmoid(x))
+
+
+@CI
+@given(
+    x=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=10).flatmap(
+        lambda s: st.sampled_from(FLOATS).flatmap(
+            lambda dt: hnp.arrays(dt, s, elements=st.sampled_from(EDGE_VALUES))
+        )
+    ),
+    k=st.integers(0, 12),
+)
+def test_topk(x: Any, k: int) -> None:
+    want_values, want_indices = reference.topk(x, k)
+    values, indices = kernels.topk(x, k)
+    np.testing.assert_array_equal(indices, want_indices)
+    np.testing.assert_array_equal(values, want_values)
+    assert values.dtype == x.dtype
+
+
+def test_topk_rejects_negative_k() -> None:
+    with pytest.raises(ValueError, match="k must be"):
+        kernels.topk(np.zeros(3), -1)
+
+
+@st.composite
+def detections(draw: st.DrawFn) -> tuple[Any, Any]:
+    n = draw(st.integers(0, 12))
+    corner = draw(hnp.arrays(np.float32, (n, 2), elements=st.integers(0, 30).map(float)))
+    # Zero sizes give empty boxes; repeated corners give identical boxes and exact IoU ties.
+    size = draw(hnp.arrays(np.float32, (n, 2), elements=st.sampled_from([0.0, 5.0, 10.0, 20.0])))
+    scores = draw(
+        hnp.arrays(np.float32, n, elements=st.sampled_from([0.1, 0.5, 0.9, 0.9, np.nan, np.inf]))
+    )
+    return np.hstack([corner, corner + size]), scores
+
+
+@CI
+@given(
+    dets=detections(),
+    iou_threshold=st.sampled_from([0.0, 0.3, 0.5, 1.0]),
+    score_threshold=st.sampled_from([-1.0, 0.1, 0.5]),
+)
+def test_nms(dets: tuple[Any, Any], iou_threshold: float, score_threshold: float) -> None:
+    boxes, scores = dets
+    want = reference.nms(boxes, scores, iou_threshold, score_threshold)
+    np.testing.assert_array_equal(kernels.nms(boxes, scores, iou_threshold, score_threshold), want)
+
+
+def test_nms_suppresses_overlap_and_orders_by_score() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.95], np.float32)
+    np.testing.assert_array_equal(kernels.nms(boxes, scores, 0.5, 0.1), [3, 2])
+
+
+def test_registry_names_every_public_kernel() -> None:
+    assert set(kernels.KERNELS) == {
+        "standardize", "normalize_image", "resize_bilinear", "one_hot", "bucketize",
+        "softmax", "sigmoid", "topk", "nms", "histogram",
+    }  # fmt: skip
+    for name, fn in kernels.KERNELS.items():
+        assert fn is getattr(kernels, name)
+
+
+def test_warm_up_runs() -> None:
+    kernels.warm_up()
