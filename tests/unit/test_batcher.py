@@ -138,9 +138,12 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
 
 @contextlib.asynccontextmanager
 async def batcher_for(
-    config: ModelConfig, model: FakeModel, observer: BatchObserver | None = None
+    config: ModelConfig,
+    model: FakeModel,
+    observer: BatchObserver | None = None,
+    default_max_queue_size: int = 0,
 ) -> AsyncIterator[DynamicBatcher]:
-    batcher = DynamicBatcher(config, model, observer or Recorder())
+    batcher = DynamicBatcher(config, model, observer or Recorder(), default_max_queue_size)
     batcher.start()
     try:
         yield batcher
@@ -865,9 +868,7 @@ def test_server_default_bounds_a_queue_the_config_leaves_open(
     async def body() -> None:
         model = FakeModel()
         config = make_config(1, policy=QueuePolicy(max_queue_size=configured))
-        batcher = DynamicBatcher(config, model, Recorder(), default_max_queue_size=default)
-        batcher.start()
-        try:
+        async with batcher_for(config, model, default_max_queue_size=default) as batcher:
             model.block()
             running = submit(batcher, rows(1, 0))
             await model.entered()
@@ -880,8 +881,5 @@ def test_server_default_bounds_a_queue_the_config_leaves_open(
             assert len(queued) == admitted
             model.gate.set()
             await asyncio.gather(running, *queued)
-        finally:
-            model.gate.set()
-            await batcher.stop(drain=False)
 
     run(body())
