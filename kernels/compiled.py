@@ -243,19 +243,42 @@ def _f64(x: ArrayLike) -> NDArray[np.float64]:
     return np.ascontiguousarray(x, np.float64)
 
 
+def _per_index(values: ArrayLike, n: int, what: str) -> NDArray[np.float64]:
+    """One float64 per column or channel; a single value applies to all.
+
+    The loops index these without bounds checks, so a short array must be refused here.
+    """
+    a = _f64(values).ravel()
+    if a.size == 1 and n != 1:
+        return np.full(n, a[0])
+    if a.size != n:
+        raise ValueError(f"{what} has {a.size} values, expected 1 or {n}")
+    return a
+
+
+def _require_ndim(a: NDArray[Any], ndim: int, what: str) -> None:
+    if a.ndim != ndim:
+        raise ValueError(f"{what} must have {ndim} dimensions, got shape {list(a.shape)}")
+
+
 def standardize(x: ArrayLike, mean: ArrayLike, std: ArrayLike) -> NDArray[np.float32]:
     """((x - mean) / std) as float32, mean and std per column (last axis)."""
     xf = _float(x)
+    n = xf.shape[-1]
+    rows = xf.reshape(math.prod(xf.shape[:-1]), n)
     out: NDArray[np.float32] = _standardize(
-        xf.reshape(-1, xf.shape[-1]), _f64(mean).ravel(), _f64(std).ravel()
+        rows, _per_index(mean, n, "mean"), _per_index(std, n, "std")
     )
     return out.reshape(xf.shape)
 
 
 def normalize_image(img: ArrayLike, mean: ArrayLike, std: ArrayLike) -> NDArray[np.float32]:
     """uint8 NHWC -> float32 NCHW: (img / 255 - mean[c]) / std[c], in one pass."""
+    a = np.ascontiguousarray(img, np.uint8)
+    _require_ndim(a, 4, "normalize_image's input (NHWC)")
+    c = a.shape[3]
     out: NDArray[np.float32] = _normalize_image(
-        np.ascontiguousarray(img, np.uint8), _f64(mean).ravel(), _f64(std).ravel()
+        a, _per_index(mean, c, "mean"), _per_index(std, c, "std")
     )
     return out
 
@@ -264,13 +287,20 @@ def resize_bilinear(img: ArrayLike, height: int, width: int) -> NDArray[np.float
     """NHWC bilinear resize with half-pixel centres (OpenCV INTER_LINEAR); float32 out."""
     a = np.asarray(img)
     src = np.ascontiguousarray(a, np.uint8 if a.dtype == np.uint8 else np.float32)
+    _require_ndim(src, 4, "resize_bilinear's input (NHWC)")
+    if height < 1 or width < 1:
+        raise ValueError(f"resize_bilinear needs a positive size, got {height}x{width}")
     out: NDArray[np.float32] = _resize_bilinear(src, height, width)
     return out
 
 
 def one_hot(codes: ArrayLike, n: int) -> NDArray[np.float32]:
     """int codes [N] -> float32 [N, n]; a code outside 0..n-1 gives an all-zero row."""
-    out: NDArray[np.float32] = _one_hot(np.ascontiguousarray(codes, np.int64), n)
+    a = np.ascontiguousarray(codes, np.int64)
+    _require_ndim(a, 1, "one_hot's codes")
+    if n < 0:
+        raise ValueError(f"one_hot needs n >= 0, got {n}")
+    out: NDArray[np.float32] = _one_hot(a, n)
     return out
 
 
@@ -283,7 +313,15 @@ def bucketize(x: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
 
 def histogram(x: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
     """x [N, F], edges [F, B+1] -> counts [F, B+2]; bin 0 underflow, B+1 overflow, NaN skipped."""
-    out: NDArray[np.int64] = _histogram(_float(x), _f64(edges))
+    xf = _float(x)
+    e = _f64(edges)
+    _require_ndim(xf, 2, "histogram's x")
+    _require_ndim(e, 2, "histogram's edges")
+    if e.shape[0] != xf.shape[1] or e.shape[1] < 1:
+        raise ValueError(
+            f"histogram edges {list(e.shape)} must be [F, B+1] for x of {xf.shape[1]} features"
+        )
+    out: NDArray[np.int64] = _histogram(xf, e)
     return out
 
 
@@ -308,7 +346,8 @@ def topk(x: ArrayLike, k: int) -> tuple[NDArray[Any], NDArray[np.int64]]:
         raise ValueError(f"k must be >= 0, got {k}")
     xf = _float(x)
     k = min(k, xf.shape[-1])
-    values, indices = _topk(xf.reshape(-1, xf.shape[-1]), k)
+    # Rows counted explicitly: reshape(-1, 0) is ambiguous when the last axis is empty.
+    values, indices = _topk(xf.reshape(math.prod(xf.shape[:-1]), xf.shape[-1]), k)
     shape = (*xf.shape[:-1], k)
     return values.reshape(shape), indices.reshape(shape)
 

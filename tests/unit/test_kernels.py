@@ -170,7 +170,8 @@ def test_sigmoid_large_input_takes_the_numpy_path() -> None:
 
 @CI
 @given(
-    x=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=10).flatmap(
+    # min_side 0: empty rows and empty batches are shapes the classification path sends.
+    x=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=10).flatmap(
         lambda s: st.sampled_from(FLOATS).flatmap(
             lambda dt: hnp.arrays(dt, s, elements=st.sampled_from(EDGE_VALUES))
         )
@@ -231,3 +232,32 @@ def test_registry_names_every_public_kernel() -> None:
 
 def test_warm_up_runs() -> None:
     kernels.warm_up()
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: compiled.standardize(np.zeros((2, 3)), np.zeros(2), np.ones(3)), "mean has 2"),
+        (lambda: compiled.standardize(np.zeros((2, 3)), np.zeros(3), np.ones(4)), "std has 4"),
+        (
+            lambda: compiled.normalize_image(np.zeros((1, 2, 2, 3), np.uint8), [0, 0], [1, 1, 1]),
+            "mean has 2 values, expected 1 or 3",
+        ),
+        (lambda: compiled.normalize_image(np.zeros((2, 2, 3), np.uint8), 0, 1), "4 dimensions"),
+        (lambda: compiled.resize_bilinear(np.zeros((2, 2, 3)), 2, 2), "4 dimensions"),
+        (lambda: compiled.resize_bilinear(np.zeros((1, 2, 2, 3)), 0, 2), "positive size"),
+        (lambda: compiled.one_hot(np.zeros((2, 1), np.int64), 3), "1 dimensions"),
+        (lambda: compiled.one_hot(np.zeros(2, np.int64), -1), "n >= 0"),
+        (lambda: compiled.histogram(np.zeros((4, 3)), np.zeros((2, 5))), r"\[F, B\+1\]"),
+        (lambda: compiled.histogram(np.zeros(4), np.zeros((1, 5))), "2 dimensions"),
+    ],
+)
+def test_kernels_refuse_shapes_they_would_read_past(call: Any, match: str) -> None:
+    """The loops run without bounds checks: a short mean or edges array must not reach them."""
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_a_single_mean_and_std_apply_to_every_column() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(compiled.standardize(x, 1.0, [2.0]), (x - 1) / 2)
