@@ -32,9 +32,12 @@ COPY --from=build /opt/conveyor /opt/conveyor
 COPY --from=build --chown=10001:10001 /models /models
 ENV PATH=/opt/conveyor/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
-    CONVEYOR_HOME=/home/conveyor
+    CONVEYOR_HOME=/home/conveyor \
+    NUMBA_CACHE_DIR=/home/conveyor/.cache/numba
 USER 10001
 WORKDIR /home/conveyor
+# Compile the Numba kernels into the user's cache now, so the first start does not.
+RUN python3 -c "import kernels; kernels.warm_up()"
 EXPOSE 8000 8001 8002
 VOLUME ["/models"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

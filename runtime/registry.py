@@ -245,7 +245,7 @@ class Registry:
 
         batcher = DynamicBatcher(
             loaded.config,
-            run,
+            loaded.pipeline.wrap(run),
             ObserverGroup([stats, load, *extra]),
             self.default_max_queue_size,
         )

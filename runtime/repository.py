@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from runtime import config as cfg
+from runtime import pipeline as pipe
 from runtime import tensors
 from runtime.backends.onnx import OnnxBackend, choose_providers
 from runtime.config import ConfigError, ModelConfig, TensorSpec
@@ -26,8 +27,11 @@ class LoadedVersion:
     """A model version whose session is open and warmed up."""
 
     version: int
+    # What clients see: inputs and outputs as the pipeline's steps take and give them.
     config: ModelConfig
     backend: OnnxBackend
+    pipeline: pipe.Pipeline = field(default_factory=pipe.Pipeline)
+    settings: pipe.ModelSettings = field(default_factory=pipe.ModelSettings)
 
 
 def list_models(root: Path) -> dict[str, Path]:
@@ -85,9 +89,16 @@ def load_version(
     completed = cfg.complete(
         message, model_dir.name, backend.graph_inputs(), backend.graph_outputs()
     )
-    model_config = cfg.build(completed, model_dir)
-    warm_up(backend, model_config)
-    return LoadedVersion(version, model_config, backend)
+    try:
+        model_config = cfg.build(completed, model_dir)
+        warm_up(backend, model_config)
+        settings = pipe.read_settings(model_dir, model_config.parameters)
+        pipeline = pipe.build(settings.pipeline, path.parent, model_config)
+        client_config = pipe.client_config(settings.pipeline, pipeline, model_config)
+    except BaseException:
+        backend.close()
+        raise
+    return LoadedVersion(version, client_config, backend, pipeline, settings)
 
 
 def _pin_to_gpu(message: pb.ModelConfig) -> pb.ModelConfig:
