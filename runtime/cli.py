@@ -98,6 +98,19 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "requests are refused at once with 503 (default 4096; 0 = unbounded, as Triton)",
     )
     p.add_argument(
+        "--drift-window-samples",
+        type=int,
+        default=None,
+        help="rows per drift window for every model with a drift reference (default 1000; "
+        "a model's conveyor.yaml overrides)",
+    )
+    p.add_argument(
+        "--drift-window-seconds",
+        type=float,
+        default=None,
+        help="a drift window also closes this many seconds after its first row (default 60)",
+    )
+    p.add_argument(
         "--autoscale-window-secs",
         type=float,
         default=10.0,
@@ -225,6 +238,7 @@ def _serve(args: argparse.Namespace) -> int:
         http_restrictions=_restrictions(args.http_restricted_api),
         grpc_restrictions=_restrictions(args.grpc_restricted_protocol),
         default_max_queue_size=args.default_max_queue_size,
+        drift_defaults=_drift_defaults(args),
         autoscale=AutoscalePolicy(
             window_s=args.autoscale_window_secs,
             latency_target_s=args.autoscale_latency_target_ms / 1000,
@@ -237,6 +251,22 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         asyncio.run(Server(config).serve())
     return 0
+
+
+def _drift_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """The drift flags given, checked now so a bad value stops the start with its reason."""
+    from runtime.monitoring.drift import DriftSettings
+
+    given = {
+        "window_samples": args.drift_window_samples,
+        "window_seconds": args.drift_window_seconds,
+    }
+    defaults = {k: v for k, v in given.items() if v is not None}
+    try:
+        DriftSettings.from_mapping(defaults)
+    except ValueError as exc:
+        raise SystemExit(f"conveyor serve: {exc}") from None
+    return defaults
 
 
 def main(argv: Sequence[str] | None = None) -> int:

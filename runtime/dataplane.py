@@ -107,6 +107,17 @@ class DataPlane:
             models = list(self.registry.models())
         return {"model_stats": [m.stats.to_dict() for m in models]}
 
+    def drift(self, name: str, version: str = "") -> dict[str, Any]:
+        """The drift report of one version (the latest ready one when none is named)."""
+        model = self.registry.get(name, version)
+        if model.loaded.drift is None:
+            raise NotFound(
+                f"model '{name}' version {model.version} has no drift monitor: publish a "
+                "drift_profile.npz with the version, or name sample rows with `drift: "
+                "{reference: FILE}` in its conveyor.yaml"
+            )
+        return model.loaded.drift.report()
+
     def autoscale(self) -> dict[str, Any]:
         """Each model's load signals (versions summed), shaped for KEDA's metrics-api scaler.
 

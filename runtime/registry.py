@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from runtime.batching.batcher import BatchObserver, DynamicBatcher, ObserverGrou
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput, NotFound, Unavailable
 from runtime.monitoring.autoscale import AutoscalePolicy, LoadWindow
+from runtime.monitoring.drift import DriftMonitor
 from runtime.proto import model_config_pb2 as pb
 from runtime.repository import LoadedVersion
 from runtime.statistics import ModelStatistics, RequestObserver
@@ -94,8 +96,11 @@ class Registry:
         observers_for: ObserverFactory | None = None,
         autoscale: AutoscalePolicy | None = None,
         default_max_queue_size: int = 0,
+        drift_defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.roots = list(roots)
+        # Drift settings every model starts from (--drift-window-*); conveyor.yaml overrides.
+        self.drift_defaults = dict(drift_defaults or {})
         self.autoscale = autoscale or AutoscalePolicy()
         self.default_max_queue_size = default_max_queue_size
         self.device = device
@@ -123,6 +128,11 @@ class Registry:
     def models(self) -> Iterable[ModelVersion]:
         for entry in self._models.values():
             yield from entry.versions.values()
+
+    def drift_monitors(self) -> Iterable[DriftMonitor]:
+        for model in self.models():
+            if model.loaded.drift is not None:
+                yield model.loaded.drift
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -198,7 +208,9 @@ class Registry:
             return
         for version in versions:
             try:
-                loaded = repository.load_version(model_dir, version, message, self.device)
+                loaded = repository.load_version(
+                    model_dir, version, message, self.device, self.drift_defaults
+                )
             except Exception as exc:
                 entry.states[version] = (UNAVAILABLE, str(exc))
                 log.error("model '%s' version %d is unavailable: %s", entry.name, version, exc)
@@ -245,10 +257,29 @@ class Registry:
 
         batcher = DynamicBatcher(
             loaded.config,
-            loaded.pipeline.wrap(run),
+            _tapped(loaded.pipeline.wrap(run), loaded.drift),
             ObserverGroup([stats, load, *extra]),
             self.default_max_queue_size,
         )
         return ModelVersion(
             name, version, loaded.config, loaded, batcher, stats, load, (stats, load, *extra)
         )
+
+
+RunBatch = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def _tapped(run: RunBatch, monitor: DriftMonitor | None) -> RunBatch:
+    """The batch function, with the drift monitor binning what clients sent and got back."""
+    if monitor is None:
+        return run
+
+    def tapped(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = run(inputs)
+        try:
+            monitor.observe(inputs, outputs)
+        except Exception:  # watching must never fail the requests it watches
+            log.exception("drift monitor of %s v%s failed", monitor.model_name, monitor.version)
+        return outputs
+
+    return tapped

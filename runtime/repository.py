@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from runtime import pipeline as pipe
 from runtime import tensors
 from runtime.backends.onnx import OnnxBackend, choose_providers
 from runtime.config import ConfigError, ModelConfig, TensorSpec
+from runtime.monitoring import drift
 from runtime.proto import model_config_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,8 @@ class LoadedVersion:
     backend: OnnxBackend
     pipeline: pipe.Pipeline = field(default_factory=pipe.Pipeline)
     settings: pipe.ModelSettings = field(default_factory=pipe.ModelSettings)
+    # Compares what clients send with the training data; None without a reference.
+    drift: drift.DriftMonitor | None = None
 
 
 def list_models(root: Path) -> dict[str, Path]:
@@ -69,7 +74,11 @@ def select_versions(available: list[int], message: pb.ModelConfig) -> list[int]:
 
 
 def load_version(
-    model_dir: Path, version: int, message: pb.ModelConfig, device: str = "auto"
+    model_dir: Path,
+    version: int,
+    message: pb.ModelConfig,
+    device: str = "auto",
+    drift_defaults: Mapping[str, Any] | None = None,
 ) -> LoadedVersion:
     """Open one version's ONNX file, complete its config from the graph and warm it up."""
     filename = message.default_model_filename or "model.onnx"
@@ -95,10 +104,31 @@ def load_version(
         settings = pipe.read_settings(model_dir, model_config.parameters)
         pipeline = pipe.build(settings.pipeline, path.parent, model_config)
         client_config = pipe.client_config(settings.pipeline, pipeline, model_config)
+        monitor = _drift_monitor(client_config, version, path.parent, settings, drift_defaults)
     except BaseException:
         backend.close()
         raise
-    return LoadedVersion(version, client_config, backend, pipeline, settings)
+    return LoadedVersion(version, client_config, backend, pipeline, settings, monitor)
+
+
+def _drift_monitor(
+    config: ModelConfig,
+    version: int,
+    version_dir: Path,
+    settings: pipe.ModelSettings,
+    defaults: Mapping[str, Any] | None,
+) -> drift.DriftMonitor | None:
+    try:
+        return drift.monitor_for(
+            config.name,
+            str(version),
+            version_dir,
+            settings.drift,
+            [t.name for t in config.inputs],
+            defaults,
+        )
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"drift monitor of model '{config.name}': {exc}") from exc
 
 
 def _pin_to_gpu(message: pb.ModelConfig) -> pb.ModelConfig:

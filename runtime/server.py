@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvicorn
@@ -28,6 +29,9 @@ from runtime.protocol.http.app import DEFAULT_MAX_INPUT_SIZE, create_app, create
 from runtime.registry import Registry
 
 log = logging.getLogger("runtime.server")
+
+# How often drift windows are checked for their time limit and judged.
+DRIFT_TICK_S = 1.0
 
 
 @dataclass(slots=True)
@@ -62,6 +66,8 @@ class ServerConfig:
     grpc_root_cert: Path | None = None
     http_restrictions: dict[str, Restriction] = field(default_factory=dict)
     grpc_restrictions: dict[str, Restriction] = field(default_factory=dict)
+    # Drift monitor settings every model starts from (a model's conveyor.yaml overrides).
+    drift_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 class _UvicornServer(uvicorn.Server):
@@ -97,6 +103,7 @@ class Server:
             self.metrics.observers_for if self.metrics is not None else None,
             config.autoscale,
             config.default_max_queue_size,
+            config.drift_defaults,
         )
         if self.metrics is not None:
             self.metrics.attach(self.registry)
@@ -107,6 +114,7 @@ class Server:
         self._uvicorns: list[tuple[_UvicornServer, asyncio.Task[None]]] = []
         self._grpc: grpc.aio.Server | None = None
         self._stop = asyncio.Event()
+        self._drift_ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Listen first (live, not ready), load the models, then report ready."""
@@ -117,8 +125,19 @@ class Server:
         if self.metrics is not None:
             await self._start_metrics(self.metrics)
         await self._load_models()
+        self._drift_ticker = asyncio.create_task(self._tick_drift())
         self.dataplane.ready = True
         log.info("server is ready")
+
+    async def _tick_drift(self) -> None:
+        """Close timed-out drift windows and judge closed ones, off the batches' path."""
+        while True:
+            await asyncio.sleep(DRIFT_TICK_S)
+            for monitor in list(self.registry.drift_monitors()):
+                try:
+                    monitor.tick()
+                except Exception:
+                    log.exception("drift monitor of %s failed", monitor.model_name)
 
     async def _start_http(self) -> None:
         app = create_app(
@@ -226,6 +245,8 @@ class Server:
             server.should_exit = True
             waits.append(task)
         await asyncio.gather(*waits, return_exceptions=True)
+        if self._drift_ticker is not None:
+            self._drift_ticker.cancel()
         await self.registry.close()
         self.dataplane.live = False
         log.info("server stopped")

@@ -9,15 +9,17 @@ prometheus_client, with each model's label children made once at load.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from runtime.batching.batcher import BatchTimes
 from runtime.batching.queue import Pending
 from runtime.errors import ServingError
+from runtime.monitoring import drift
+from runtime.monitoring.drift import DriftMonitor
 from runtime.registry import ModelObserver, ModelVersion, Registry
 from runtime.statistics import FAILURE_REASONS, Duration, failure_reason
 
@@ -152,6 +154,21 @@ class _ModelState:
         yield from (depth, busy, ready, *signals.values())
 
 
+class DriftCollector:
+    """Scrape-time drift gauges: one series per feature and statistic, never per bin."""
+
+    def __init__(self, monitors: Callable[[], Iterable[DriftMonitor]]) -> None:
+        self._monitors = monitors
+
+    def collect(self) -> Iterator[Metric]:
+        for family in drift.metric_families(self._monitors()):
+            kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+            metric = kind(family.name, family.documentation, labels=list(family.labels))
+            for labels, value in family.samples:
+                metric.add_metric(list(labels), value)
+            yield metric
+
+
 class Metrics:
     """Owns the metric objects (no global registry) and renders one scrape."""
 
@@ -192,6 +209,7 @@ class Metrics:
     def attach(self, registry: Registry) -> None:
         self.registry = registry
         self.prom.register(_ModelState(registry))
+        self.prom.register(DriftCollector(registry.drift_monitors))
 
     def observers_for(self, name: str, version: str) -> Sequence[ModelObserver]:
         """What the registry attaches to each new model version."""

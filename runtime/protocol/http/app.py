@@ -112,6 +112,9 @@ class HttpApi:
         name, version = _model(request) if "name" in request.path_params else ("", "")
         return json_response(self.dp.statistics(name, version))
 
+    async def drift(self, request: Request) -> Response:
+        return json_response(self.dp.drift(*_model(request)))
+
     # -- repository ---------------------------------------------------------------------
 
     async def repository_index(self, request: Request) -> Response:
@@ -258,6 +261,7 @@ def create_app(
             route(prefix + "/ready", api.model_ready, "health"),
             route(prefix + "/config", api.model_config, "model-config"),
             route(prefix + "/stats", api.statistics, "statistics"),
+            route(prefix + "/drift", api.drift, "statistics"),
             route(prefix + "/infer", api.infer, "inference", "POST"),
         ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

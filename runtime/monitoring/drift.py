@@ -1,0 +1,641 @@
+"""Drift monitor: live traffic binned against a model's reference profile, judged per window.
+
+The hot path (`observe`, called after each executed batch) only bins the batch with
+`kernels.histogram` and adds the counts to the open window; memory is counts, never rows.
+Windows close at `window_samples` rows or `window_seconds`, whichever comes first, and
+`tick` (off the hot path) turns closed windows into per-feature PSI, Jensen-Shannon and
+binned KS distances plus a chi-squared distance on predicted classes, and decides the
+model's warn and alert state. Distances, not p-values: p-values call everything drift at
+large samples, while a distance keeps its meaning whatever the window size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+import kernels
+from runtime.monitoring import profile as profiles
+from runtime.monitoring.profile import ReferenceProfile
+
+log = logging.getLogger(__name__)
+
+Array = NDArray[np.float64]
+
+OK: Final = 0
+WARN: Final = 1
+ALERT: Final = 2
+WORST_FEATURES = 5
+STATISTICS = ("psi", "js", "ks")
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSettings:
+    """How a model's drift monitor windows, samples and judges traffic (`drift:` in conveyor.yaml).
+
+    With the defaults, 20 Gaussian features and windows of 1000 rows, the largest PSI of a
+    window without drift stays under 0.05 (0 alerts in 1000 windows), and a 0.5-sigma mean
+    shift of one feature gives a PSI of about 0.24 (tests/unit/test_drift.py measures).
+    """
+
+    window_samples: int = 1000
+    """A window closes when it holds this many rows (at the batch that reaches it)."""
+    window_seconds: float = 60.0
+    """...or this many seconds after its first row, whichever comes first."""
+    every: int = 1
+    """Bin every k-th executed batch only; 1 bins all of them."""
+    ring: int = 12
+    """Closed windows kept for the report; also bounds windows awaiting `tick`."""
+    min_samples: int = 300
+    """A window closed by time with fewer rows is recorded but not judged: small samples
+    inflate every distance (PSI averages about (bins - 1) / rows with no drift at all; the
+    largest of 20 features' PSI passes 0.2 in about 1 window in 1000 at 200 rows)."""
+    psi_warn: float = 0.1
+    """Population stability index at which a feature counts as moving (industry convention)."""
+    psi_alert: float = 0.2
+    """PSI at which a feature counts as drifted."""
+    js_warn: float = 0.13
+    """Jensen-Shannon distance (base 2) for warn; for close distributions JS divergence is
+    about PSI / (8 ln 2), so 0.13 matches psi_warn."""
+    js_alert: float = 0.19
+    """JS distance for alert; matches psi_alert the same way."""
+    class_warn: float = 0.015
+    """Chi-squared distance between predicted-class shares and the reference's for warn."""
+    class_alert: float = 0.03
+    """Chi-squared class distance for alert. For close distributions it is about PSI / 4,
+    so 0.03 is PSI 0.12: tighter than psi_alert because it is one statistic, not the
+    largest of many features. With no drift it is about chi2(C - 1) / (4 rows): for 10
+    classes it passes 0.03 at 300 rows with probability 4e-5."""
+    epsilon: float = 1e-4
+    """Added to every bin's share (both sides, then renormalised) before PSI's logarithm, so
+    a bin empty on one side (the reference's under/overflow bins) gives a finite value."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_value(f.name, getattr(self, f.name))
+        if self.min_samples > self.window_samples:
+            raise ValueError(
+                f"drift setting 'min_samples' ({self.min_samples}) must not exceed "
+                f"'window_samples' ({self.window_samples})"
+            )
+        for stat in ("psi", "js", "class"):
+            warn, alert = getattr(self, f"{stat}_warn"), getattr(self, f"{stat}_alert")
+            if warn > alert:
+                raise ValueError(
+                    f"drift setting '{stat}_warn' ({warn}) must not exceed '{stat}_alert' ({alert})"
+                )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> DriftSettings:
+        """Defaults overridden by a `drift:` mapping whose keys are field names."""
+        data = data or {}
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ValueError(f"unknown drift setting '{key}'; expected one of {sorted(known)}")
+        values: dict[str, Any] = {key: _coerce(key, value) for key, value in data.items()}
+        if "window_samples" in values and "min_samples" not in values:
+            # Small windows judge what they hold rather than refuse to judge at all.
+            values["min_samples"] = min(cls().min_samples, values["window_samples"])
+        return cls(**values)
+
+    def level(self, psi: Array, js: Array, class_distance: float | None) -> int:
+        """OK, WARN or ALERT for one judged window.
+
+        ALERT when any feature's PSI or JS distance, or the class distance, reaches its alert
+        threshold; WARN likewise. The worst feature decides, not a share of drifted features,
+        so a shift confined to 3 of 20 features alerts; no multiplicity correction is needed
+        because with no drift the largest of 20 PSIs at 1000 rows stays near 0.04, far below
+        0.2. JS thresholds are matched to PSI's, so by default they agree; JS is there for
+        those who tune by it (bounded, and free of epsilon).
+        """
+        cls_d = -1.0 if class_distance is None else class_distance
+        if _reaches(psi, self.psi_alert) or _reaches(js, self.js_alert):
+            return ALERT
+        if cls_d >= self.class_alert:
+            return ALERT
+        if _reaches(psi, self.psi_warn) or _reaches(js, self.js_warn):
+            return WARN
+        return WARN if cls_d >= self.class_warn else OK
+
+
+_INT_FIELDS = frozenset({"window_samples", "every", "ring", "min_samples"})
+_UNIT_FIELDS = frozenset({"js_warn", "js_alert", "class_warn", "class_alert"})
+
+
+def _check_value(name: str, value: Any) -> None:
+    """Positive, and at most 1 for the bounded distances and epsilon."""
+    if not value > 0:
+        raise ValueError(f"drift setting '{name}' must be > 0, got {value!r}")
+    if name in _UNIT_FIELDS and value > 1:
+        raise ValueError(f"drift setting '{name}' is a distance in (0, 1], got {value!r}")
+    if name == "epsilon" and value > 0.01:
+        raise ValueError(f"drift setting 'epsilon' must be at most 0.01, got {value!r}")
+
+
+def _coerce(name: str, value: Any) -> int | float:
+    """A YAML value checked for the field's type: whole numbers for counts, numbers otherwise."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    is_number = is_number and math.isfinite(value)
+    if name in _INT_FIELDS:
+        if not is_number or value != int(value):
+            raise ValueError(f"drift setting '{name}' must be a whole number, got {value!r}")
+        return int(value)
+    if not is_number:
+        raise ValueError(f"drift setting '{name}' must be a number, got {value!r}")
+    return float(value)
+
+
+def _reaches(values: Array, threshold: float) -> bool:
+    return bool(np.any(values >= threshold))
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def shares(counts: NDArray[Any]) -> Array:
+    """Counts -> proportions along the last axis; NaN where a row has no counts at all."""
+    c = np.asarray(counts, np.float64)
+    total = c.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(c / total, np.float64)
+
+
+def psi(p: Array, q: Array, epsilon: float = 1e-4) -> Array:
+    """Population stability index sum((p - q) ln(p / q)) along the last axis, both sides
+    smoothed by adding `epsilon` to every share and renormalising."""
+    k = p.shape[-1]
+    ps = (p + epsilon) / (1.0 + k * epsilon)
+    qs = (q + epsilon) / (1.0 + k * epsilon)
+    return np.asarray(np.sum((ps - qs) * np.log(ps / qs), axis=-1), np.float64)
+
+
+def _plogp_over(a: Array, b: Array) -> Array:
+    """a log2(a / b), 0 where a is 0; b is the mixture, so b > 0 wherever a > 0."""
+    safe_a = np.where(a > 0, a, 1.0)
+    safe_b = np.where(b > 0, b, 1.0)
+    return np.where(a > 0, a * np.log2(safe_a / safe_b), 0.0)
+
+
+def js_distance(p: Array, q: Array) -> Array:
+    """Jensen-Shannon distance, base 2 (the square root of the divergence), in [0, 1]."""
+    m = 0.5 * (p + q)
+    divergence = 0.5 * np.sum(_plogp_over(p, m) + _plogp_over(q, m), axis=-1)
+    return np.asarray(np.sqrt(np.clip(divergence, 0.0, 1.0)), np.float64)
+
+
+def ks_binned(p: Array, q: Array) -> Array:
+    """Kolmogorov-Smirnov statistic on the bins: max |CDF_p - CDF_q| along the last axis."""
+    return np.asarray(np.max(np.abs(np.cumsum(p - q, axis=-1)), axis=-1), np.float64)
+
+
+def class_distance(p: Array, q: Array) -> float:
+    """Chi-squared distance 0.5 * sum((p - q)^2 / (p + q)) over classes, in [0, 1]:
+    symmetric, finite when a class is missing on one side, about PSI / 4 for close shares."""
+    total = p + q
+    terms = np.where(total > 0, (p - q) ** 2 / np.where(total > 0, total, 1.0), 0.0)
+    return float(0.5 * np.sum(terms))
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+class _Window:
+    """The open window's counts; mutated only under the monitor's lock."""
+
+    __slots__ = ("classes", "closed", "counts", "opened", "rows")
+
+    def __init__(self, features: int, bins: int, classes: int) -> None:
+        self.counts = np.zeros((features, bins), np.int64)
+        self.classes = np.zeros(classes, np.int64)
+        self.rows = 0
+        self.opened = 0.0  # clock time of the first row
+        self.closed = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """One closed window's distances and verdict."""
+
+    start_s: float  # epoch seconds
+    end_s: float
+    rows: int
+    judged: bool
+    level: int
+    psi: Array
+    js: Array
+    ks: Array
+    class_distance: float | None
+
+    @property
+    def max_psi(self) -> float | None:
+        return _finite(np.fmax.reduce(self.psi)) if self.psi.size else None
+
+    def summary(self) -> dict[str, Any]:
+        """The ring's view: times, size, worst PSI, class distance and verdict."""
+        return {
+            "start": _iso(self.start_s),
+            "end": _iso(self.end_s),
+            "rows": self.rows,
+            "judged": self.judged,
+            "max_psi": self.max_psi,
+            "class_distance": self.class_distance,
+            "warn": self.judged and self.level >= WARN,
+            "alert": self.judged and self.level == ALERT,
+        }
+
+    def detail(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """The summary plus every feature's distances by name."""
+        per_feature = {s: dict(zip(names, map(_finite, getattr(self, s)), strict=True))
+                       for s in STATISTICS}  # fmt: skip
+        return {**self.summary(), **per_feature}
+
+    def worst(self, names: tuple[str, ...], k: int = WORST_FEATURES) -> list[dict[str, Any]]:
+        """The k features with the largest PSI, largest first."""
+        order = np.argsort(-np.nan_to_num(self.psi, nan=-1.0), kind="stable")[:k]
+        return [
+            {"feature": names[i], **{s: _finite(getattr(self, s)[i]) for s in STATISTICS}}
+            for i in order
+        ]
+
+
+def _finite(value: Any) -> float | None:
+    """A float for JSON, None for NaN (a feature with no values in the window)."""
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricFamily:
+    """One Prometheus family as plain data; metrics.py turns it into prometheus_client's."""
+
+    name: str
+    documentation: str
+    kind: str  # "gauge" or "counter" (a counter's name is given without `_total`)
+    labels: tuple[str, ...]
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- the monitor
+
+
+class DriftMonitor:
+    """One model version's drift monitor: `observe` on the hot path, `tick` off it."""
+
+    def __init__(
+        self,
+        profile: ReferenceProfile,
+        settings: DriftSettings,
+        model_name: str,
+        version: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.profile = profile
+        self.settings = settings
+        self.model_name = model_name
+        self.version = version
+        self._clock = clock
+        self._wall_offset_s = time.time() - clock()
+        self._classes = int(profile.class_proportions.size) if profile.output_name else 0
+        self._batches = itertools.count()
+        self._lock = threading.Lock()  # the open window and the pending deque
+        self._window = self._new_window()
+        self._pending: deque[_Window] = deque(maxlen=settings.ring)
+        self._judge_lock = threading.Lock()  # everything below
+        self._ring: deque[WindowResult] = deque(maxlen=settings.ring)
+        self._last: WindowResult | None = None
+        self.alert = False
+        self.warn = False
+        self.windows_closed = 0
+        self.windows_judged = 0
+        self.alerts_raised = 0
+        self.batches_skipped = 0
+        self.windows_dropped = 0  # closed while `ring` windows already awaited `tick`
+
+    def _new_window(self) -> _Window:
+        edges = self.profile.edges
+        return _Window(edges.shape[0], edges.shape[1] + 1, self._classes)
+
+    # -- hot path
+
+    def observe(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        """Bin one executed batch into the open window (every k-th batch when `every` > 1)."""
+        if next(self._batches) % self.settings.every:
+            return
+        rows = self._rows(inputs.get(self.profile.input_name))
+        if rows is None or not rows.shape[0]:
+            return
+        counts = kernels.histogram(rows, self.profile.edges)
+        classes = self._predicted_classes(outputs, rows.shape[0]) if self._classes else None
+        now = self._clock()
+        with self._lock:
+            self._add(counts, classes, rows.shape[0], now)
+
+    def _rows(self, x: np.ndarray | None) -> np.ndarray | None:
+        """The profile's input as [N, F], or None (counted, logged once) when it does not fit."""
+        if x is None or x.ndim == 0 or x.dtype.kind not in "biuf":
+            why = f"no numeric input '{self.profile.input_name}'"
+        elif x.size != x.shape[0] * self.profile.features:
+            why = f"input of shape {x.shape}, the profile has {self.profile.features} features"
+        else:
+            return x.reshape(x.shape[0], self.profile.features)
+        if not self.batches_skipped:
+            log.warning("drift monitor for %s v%s skips batches: %s",
+                        self.model_name, self.version, why)  # fmt: skip
+        self.batches_skipped += 1
+        return None
+
+    def _predicted_classes(
+        self, outputs: Mapping[str, np.ndarray], rows: int
+    ) -> NDArray[np.int64] | None:
+        """Rows per predicted class, or None when the output is absent or does not fit."""
+        y = outputs.get(self.profile.output_name)
+        if y is None or y.ndim == 0 or y.shape[0] != rows or not y.size:
+            return None
+        scores = y.reshape(rows, -1)
+        if y.dtype.kind in "iu" and scores.shape[1] == 1:
+            labels = scores[:, 0]
+            labels = labels[(labels >= 0) & (labels < self._classes)]
+            return np.bincount(labels, minlength=self._classes)
+        if scores.shape[1] != self._classes:
+            return None
+        return np.bincount(np.argmax(scores, axis=1), minlength=self._classes)
+
+    def _add(
+        self, counts: NDArray[np.int64], classes: NDArray[np.int64] | None, rows: int, now: float
+    ) -> None:
+        window = self._window
+        if window.rows and now - window.opened >= self.settings.window_seconds:
+            window = self._close(now)  # its time ran out before this batch came
+        if not window.rows:
+            window.opened = now
+        window.counts += counts
+        if classes is not None:
+            window.classes += classes
+        window.rows += rows
+        if window.rows >= self.settings.window_samples:
+            self._close(now)
+
+    def _close(self, now: float) -> _Window:
+        """Hand the open window to `tick` and open a fresh one (lock held)."""
+        self._window.closed = now
+        if len(self._pending) == self._pending.maxlen:
+            self.windows_dropped += 1
+        self._pending.append(self._window)
+        self._window = self._new_window()
+        return self._window
+
+    # -- off the hot path
+
+    def tick(self, now: float | None = None) -> None:
+        """Close the open window if its time is up, then judge every closed window."""
+        now = self._clock() if now is None else now
+        with self._judge_lock:  # first, so that concurrent ticks judge windows in order
+            with self._lock:
+                window = self._window
+                if window.rows and now - window.opened >= self.settings.window_seconds:
+                    self._close(now)
+                closed = list(self._pending)
+                self._pending.clear()
+            for window in closed:
+                self._judge(window)
+
+    def _judge(self, window: _Window) -> None:
+        result = self._evaluate(window)
+        self.windows_closed += 1
+        self._ring.append(result)
+        if result.judged:
+            self.windows_judged += 1
+            self._last = result
+            self._transition(result.level)
+
+    def _evaluate(self, window: _Window) -> WindowResult:
+        p = shares(window.counts)
+        q = self.profile.proportions
+        dist = None
+        if self._classes and window.classes.sum():
+            dist = class_distance(shares(window.classes), self.profile.class_proportions)
+        scores = psi(p, q, self.settings.epsilon), js_distance(p, q), ks_binned(p, q)
+        judged = window.rows >= self.settings.min_samples
+        level = self.settings.level(scores[0], scores[1], dist) if judged else OK
+        offset = self._wall_offset_s
+        return WindowResult(window.opened + offset, window.closed + offset, window.rows,
+                            judged, level, *scores, dist)  # fmt: skip
+
+    def _transition(self, level: int) -> None:
+        """Enter alert at ALERT; leave it only at OK, so a score hovering at the alert
+        threshold does not flap. Each transition is logged once."""
+        was = self.alert
+        self.warn = level >= WARN
+        if level == ALERT and not was:
+            self.alert = True
+            self.alerts_raised += 1
+            log.warning("drift alert for %s v%s: %s", self.model_name, self.version,
+                        self._describe())  # fmt: skip
+        elif level == OK and was:
+            self.alert = False
+            log.info("drift alert cleared for %s v%s", self.model_name, self.version)
+
+    def _describe(self) -> str:
+        assert self._last is not None
+        worst = self._last.worst(self.profile.feature_names, 3)
+        parts = [f"{w['feature']} psi={w['psi']:.3f}" for w in worst if w["psi"] is not None]
+        if self._last.class_distance is not None:
+            parts.append(f"class distance={self._last.class_distance:.3f}")
+        return ", ".join(parts)
+
+    # -- reading
+
+    def report(self) -> dict[str, Any]:
+        """JSON-ready state: settings, the last judged window, worst features, the ring."""
+        names = self.profile.feature_names
+        with self._judge_lock:
+            last = self._last
+            return {
+                "model": self.model_name,
+                "version": self.version,
+                "settings": asdict(self.settings),
+                "alert": self.alert,
+                "warn": self.warn,
+                "windows_closed": self.windows_closed,
+                "windows_judged": self.windows_judged,
+                "alerts_raised": self.alerts_raised,
+                "windows_dropped": self.windows_dropped,
+                "batches_skipped": self.batches_skipped,
+                "last_window": last.detail(names) if last else None,
+                "worst_features": last.worst(names) if last else [],
+                "recent": [r.summary() for r in self._ring],
+            }
+
+    def metric_families(self) -> list[MetricFamily]:
+        """This monitor's Prometheus samples: one series per feature and statistic, no bins."""
+        return metric_families([self])
+
+    def _samples(self, families: dict[str, MetricFamily]) -> None:
+        labels = (self.model_name, self.version)
+        with self._judge_lock:
+            last = self._last
+            families["alert"].samples.append((labels, float(self.alert)))
+            families["warn"].samples.append((labels, float(self.warn)))
+            families["windows"].samples.append((labels, float(self.windows_judged)))
+            if last is None:
+                return
+            families["rows"].samples.append((labels, float(last.rows)))
+            if last.class_distance is not None:
+                families["class"].samples.append((labels, last.class_distance))
+        for stat in STATISTICS:
+            for name, value in zip(self.profile.feature_names, getattr(last, stat), strict=True):
+                families["score"].samples.append(((*labels, name, stat), float(value)))
+
+
+def metric_families(monitors: Iterable[DriftMonitor]) -> list[MetricFamily]:
+    """The drift families over all monitors, ready for a prometheus_client collector."""
+    model = ("model", "version")
+    families = {
+        "score": MetricFamily("conveyor_drift_score",
+                              "Drift distance of a feature in the last judged window",
+                              "gauge", (*model, "feature", "statistic")),
+        "class": MetricFamily("conveyor_drift_class_distance",
+                              "Chi-squared distance of predicted-class shares, last judged window",
+                              "gauge", model),
+        "alert": MetricFamily("conveyor_drift_alert", "1 while the model is in drift alert",
+                              "gauge", model),
+        "warn": MetricFamily("conveyor_drift_warn",
+                             "1 when the last judged window reached a warn threshold",
+                             "gauge", model),
+        "windows": MetricFamily("conveyor_drift_windows", "Drift windows judged",
+                                "counter", model),
+        "rows": MetricFamily("conveyor_drift_window_rows",
+                             "Rows in the last judged window (the sample behind the scores)",
+                             "gauge", model),
+    }  # fmt: skip
+    for monitor in monitors:
+        monitor._samples(families)
+    return list(families.values())
+
+
+def predicted_classes(y: np.ndarray) -> NDArray[np.int64]:
+    """Class per row: an integer [N] or [N, 1] output is labels already; scores are argmaxed."""
+    rows = y.reshape(y.shape[0], -1)
+    if y.dtype.kind in "iu" and rows.shape[1] == 1:
+        return np.asarray(rows[:, 0], np.int64)
+    return np.asarray(np.argmax(rows, axis=1), np.int64)
+
+
+def from_samples(
+    path: Path | str,
+    input_name: str,
+    output_name: str = "",
+    bins: int = profiles.DEFAULT_BINS,
+    feature_names: tuple[str, ...] = (),
+) -> ReferenceProfile:
+    """A profile built from a .npz of sample rows: an array named after the model's input and,
+    optionally, one named after its output (scores [N, C] or integer labels [N])."""
+    with np.load(path, allow_pickle=False) as data:
+        if input_name not in data.files:
+            raise ValueError(f"reference samples '{path}' have no array '{input_name}'")
+        inputs = np.asarray(data[input_name])
+        outputs = np.asarray(data[output_name]) if output_name in data.files else None
+    if outputs is not None and len(outputs) != len(inputs):
+        raise ValueError(
+            f"reference samples '{path}': {len(outputs)} rows of '{output_name}' "
+            f"for {len(inputs)} rows of '{input_name}'"
+        )
+    if outputs is not None:
+        outputs = _one_hot_labels(outputs)
+    return profiles.build(inputs, input_name, outputs, output_name if outputs is not None else "",
+                          bins, feature_names)  # fmt: skip
+
+
+def _one_hot_labels(outputs: np.ndarray) -> np.ndarray:
+    """Scores pass through; integer labels become one-hot so that `build` argmaxes them back."""
+    labels = predicted_classes(outputs)
+    if outputs.dtype.kind not in "iu" or outputs.reshape(len(outputs), -1).shape[1] != 1:
+        return outputs
+    if labels.size and labels.min() < 0:
+        raise ValueError("class labels must be >= 0")
+    return np.eye(int(labels.max(initial=0)) + 1)[labels]
+
+
+# ----------------------------------------------------------------------------- at load
+
+# Keys of a model's `drift:` section that choose the monitor rather than tune it.
+ENABLED_KEY = "enabled"
+REFERENCE_KEY = "reference"
+
+
+def monitor_for(
+    model_name: str,
+    version: str,
+    version_dir: Path,
+    doc: Mapping[str, Any] | None,
+    input_names: Iterable[str],
+    defaults: Mapping[str, Any] | None = None,
+) -> DriftMonitor | None:
+    """The monitor a model version gets, or None when it has no reference to compare with.
+
+    The reference is the version's drift_profile.npz, or, when the model's `drift:` section
+    names `reference: FILE`, a .npz of sample rows (in the version folder, else the model
+    folder) built into a profile now. `enabled: false` turns the monitor off. The server's
+    defaults (--drift-window-*) apply under the model's own settings. ValueError says what
+    is wrong.
+    """
+    section = dict(doc or {})
+    enabled = section.pop(ENABLED_KEY, True)
+    reference = section.pop(REFERENCE_KEY, None)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"drift setting '{ENABLED_KEY}' must be true or false, got {enabled!r}")
+    settings = DriftSettings.from_mapping({**(defaults or {}), **section})
+    if not enabled:
+        return None
+    profile = _reference_profile(version_dir, reference, input_names)
+    if profile is None:
+        return None
+    names = set(input_names)
+    if profile.input_name not in names:
+        raise ValueError(
+            f"the drift profile watches input '{profile.input_name}', but the model's inputs "
+            f"are {sorted(names)}"
+        )
+    return DriftMonitor(profile, settings, model_name, version)
+
+
+def _reference_profile(
+    version_dir: Path, reference: Any, input_names: Iterable[str]
+) -> ReferenceProfile | None:
+    if reference is None:
+        path = version_dir / profiles.FILENAME
+        return profiles.load(path) if path.is_file() else None
+    if not isinstance(reference, str):
+        raise ValueError(f"drift setting '{REFERENCE_KEY}' must be a file name, got {reference!r}")
+    candidates = [version_dir / reference, version_dir.parent / reference]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise ValueError(
+            f"drift reference '{reference}' is in neither '{version_dir}' "
+            f"nor '{version_dir.parent}'"
+        )
+    path = found
+    names = sorted(input_names)
+    with np.load(path, allow_pickle=False) as data:
+        watched = next((n for n in names if n in data.files), None)
+        outputs = [n for n in data.files if n not in names]
+    if watched is None:
+        raise ValueError(f"drift reference '{path}' holds none of the model's inputs {names}")
+    return from_samples(path, watched, outputs[0] if len(outputs) == 1 else "")
