@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 perf-analyzer: install
 	PYTHON=$(BIN)/python bash benchmarks/install_perf_analyzer.sh
 
+# The first run also trains the digits MLP into the default (example) repository, a few
+# seconds, so that a newcomer sees training, export and serving in one command.
 serve: install
+	$(BIN)/conveyor train digits --if-missing
 	$(BIN)/conveyor serve $(ARGS)
 
 test: install perf-analyzer lint

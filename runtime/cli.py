@@ -184,6 +184,60 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "train", help="train a model, export it to ONNX and publish it into a model repository"
+    )
+    p.add_argument("recipe", choices=["digits", "tabular"], help="tabular: breast cancer")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        help="model repository to publish into; default: the bundled example repository",
+    )
+    p.add_argument("--model-name", help="model folder name (default: digits / breast_cancer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
+    p.add_argument("--epochs", type=_positive, help="epochs (default: the recipe's)")
+    p.add_argument("--fast", action="store_true", help="few epochs, for smoke runs and tests")
+    p.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing when the model already has a version in the repository",
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    # Light: runtime.training loads torch and scikit-learn only when a run starts.
+    from runtime import training
+    from runtime.examples import default_repository
+
+    recipe = training.RECIPES[args.recipe]
+    repository = args.repository or default_repository()
+    name = args.model_name or recipe.model_name
+    console = Console(stderr=True)
+    if args.if_missing and training.has_version(repository / name):
+        console.print(f"conveyor train: {name} already has a version in {repository}")
+        return 0
+    try:
+        record = training.run(
+            recipe, repository, model_name=name, seed=args.seed, fast=args.fast,
+            epochs=args.epochs, console=console,
+        )  # fmt: skip
+    except training.TrainingError as exc:
+        console.print(f"conveyor train: {exc}", markup=False)
+        return 1
+    Console().print(training.summary(record))
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -205,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_bench(sub)
+    _add_train(sub)
     return parser
 
 
@@ -280,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "train":
+        return _train(args)
     return 2
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -66,6 +69,49 @@ def test_only_protocol_server_and_metrics_import_web_packages(path: Path) -> Non
     assert imported_roots(path) & WEB_PACKAGES == set(), rel
 
 
+# The training stages' libraries: only runtime/training may import them, so the server never
+# loads them (and the server's image needs none of them).
+TRAINING_PACKAGES = frozenset({"torch", "sklearn", "onnxscript"})
+
+
 @pytest.mark.parametrize("path", sources(), ids=relative)
-def test_nothing_imports_torch(path: Path) -> None:
-    assert "torch" not in imported_roots(path), relative(path)
+def test_only_training_imports_torch(path: Path) -> None:
+    rel = relative(path)
+    if rel.startswith("runtime/training/"):
+        return
+    assert imported_roots(path) & TRAINING_PACKAGES == set(), rel
+
+
+def imports_training(nodes: Iterable[ast.AST]) -> bool:
+    """True when any of nodes is an import of runtime.training (or of a module inside it)."""
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        if any(n == "runtime.training" or n.startswith("runtime.training.") for n in names):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("path", sources(), ids=relative)
+def test_only_the_cli_imports_training_and_only_inside_a_function(path: Path) -> None:
+    rel = relative(path)
+    if rel.startswith("runtime/training/"):
+        return
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    assert not imports_training(tree.body), f"{rel} imports runtime.training at module level"
+    if rel != "runtime/cli.py":
+        assert not imports_training(ast.walk(tree)), rel
+
+
+def test_the_training_package_itself_loads_no_torch() -> None:
+    """The CLI and `runtime.training` itself load torch only when a training run starts."""
+    code = (
+        "import sys, runtime.cli, runtime.training\n"
+        "print(sorted(sys.modules.keys() & {'torch', 'sklearn', 'onnxscript'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
