@@ -1,6 +1,6 @@
 """Pre/post-processing kernels: for each op, the faster of Numba and NumPy as measured.
 
-Figures are from benchmarks/kernels.py (median µs per call); `reference` holds the NumPy
+Figures are from benchmarks/kernel_speed.py (median µs per call); `reference` holds the NumPy
 definitions and `compiled` the Numba ones.
 """
 
@@ -19,7 +19,7 @@ resize_bilinear = compiled.resize_bilinear
 one_hot = compiled.one_hot
 bucketize = compiled.bucketize
 # NumPy's SIMD exp wins at every batch measured: 5.5 vs 11.6 µs at 1x1000, 374 vs 1070 µs at
-# 256x1000 (benchmarks/kernels.py), so softmax is the NumPy reference.
+# 256x1000 (benchmarks/kernel_speed.py), so softmax is the NumPy reference.
 softmax = reference.softmax
 topk = compiled.topk
 nms = compiled.nms

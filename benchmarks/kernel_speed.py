@@ -1,6 +1,6 @@
 """Pre/post kernels: Numba against the NumPy reference, and the public choice, at batch 1/64/256.
 
-    .venv/bin/python benchmarks/kernels.py [--budget-s 0.2]
+    .venv/bin/python benchmarks/kernel_speed.py [--budget-s 0.2]
 
 Median microseconds per call after warm-up. "Batch" is rows (images for the image ops, candidate
 boxes for NMS). Writes benchmarks/results/kernels.json and prints the table.

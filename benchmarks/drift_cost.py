@@ -1,0 +1,144 @@
+"""What leaving the drift monitor on costs: the MLP over gRPC at concurrency 32, on vs off.
+
+    .venv/bin/python benchmarks/drift_cost.py [--duration 5] [--rounds 4]
+
+One server holds two copies of the bundled MLP (64-256-256-10), identical except that
+`mlp_drift` carries a drift profile of its inputs and `mlp_plain` none. Rounds alternate
+between them (plain, drift, plain, ...) so that the machine's drift in speed falls on
+both alike; the ratio of the mean throughputs is the cost. The window is set to 1000 rows
+so that windows close and are judged during the run. Writes
+benchmarks/results/drift_cost.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from rich.console import Console
+from rich.table import Table
+from serverproc import ServerProcess, batch_delta
+
+from runtime.examples import mlp_model
+from runtime.loadtest.client import grpc_request_bytes, run_grpc
+from runtime.monitoring import profile
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = (64, 256, 256, 10)
+CONCURRENCY = 32
+CONFIG = """name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 64 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 10 ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+dynamic_batching {{ }}
+parameters {{ key: "intra_op_thread_count" value: {{ string_value: "1" }} }}
+"""
+MODELS = ("mlp_plain", "mlp_drift")
+
+
+def inputs(rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((rows, SIZES[0]), dtype=np.float32)
+
+
+def build_repository(root: Path) -> Path:
+    model = mlp_model(SIZES)
+    for name in MODELS:
+        version = root / name / "1"
+        version.mkdir(parents=True)
+        onnx.save(model, version / "model.onnx")
+        (root / name / "config.pbtxt").write_text(CONFIG.format(name=name))
+    x = inputs(20_000, seed=0)
+    built = profile.build(x, "INPUT0")
+    profile.save(built, root / "mlp_drift" / "1" / profile.FILENAME)
+    return root
+
+
+async def measure(server: ServerProcess, model: str, duration: float) -> dict[str, Any]:
+    request = grpc_request_bytes(model, {"INPUT0": inputs(1, seed=1)}, {"INPUT0": "FP32"})
+    before = server.stats(model)
+    cpu0 = server.cpu_s()
+    step = await run_grpc(f"127.0.0.1:{server.grpc_port}", request, CONCURRENCY, duration, 1.0)
+    cpu = server.cpu_s() - cpu0
+    row = {"model": model, **step.summary(), **batch_delta(before, server.stats(model))}
+    row["server_cpu_us_per_req"] = cpu / max(step.requests, 1) * 1e6
+    return row
+
+
+def drift_windows(server: ServerProcess) -> int:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{server.http_port}/v2/models/mlp_drift/drift"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return int(json.load(r)["windows_judged"])
+
+
+async def run(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    for _ in range(args.rounds):
+        for model in MODELS:
+            rows.append(await measure(server, model, args.duration))
+    by_model = {m: [r for r in rows if r["model"] == m] for m in MODELS}
+    mean = {m: statistics.fmean(r["throughput_rps"] for r in by_model[m]) for m in MODELS}
+    cpu = {m: statistics.fmean(r["server_cpu_us_per_req"] for r in by_model[m]) for m in MODELS}
+    return {
+        "rounds": rows,
+        "mean_rps": mean,
+        "throughput_ratio": mean["mlp_drift"] / mean["mlp_plain"],
+        "server_cpu_us_per_req": cpu,
+        "drift_windows_judged": drift_windows(server),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/drift_cost.json")
+    args = parser.parse_args()
+    repo = build_repository(Path(tempfile.mkdtemp()) / "repo")
+    server = ServerProcess(repo, "--drift-window-samples", "1000")
+    try:
+        report = asyncio.run(run(server, args))
+    finally:
+        server.stop()
+    report["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}"
+    report["duration_s"] = args.duration
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    table = Table(title=f"MLP over gRPC, concurrency {CONCURRENCY}: drift monitor off vs on")
+    for label in ("model", "req/s", "p50 ms", "p99 ms", "avg batch", "server CPU µs/req"):
+        table.add_column(label, justify="right")
+    for r in report["rounds"]:
+        table.add_row(
+            r["model"],
+            f"{r['throughput_rps']:.0f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['avg_batch']:.1f}",
+            f"{r['server_cpu_us_per_req']:.0f}",
+        )
+    console = Console(width=120)
+    console.print(table)
+    console.print(
+        f"throughput with drift on / off: {report['throughput_ratio']:.3f} "
+        f"(mean of {args.rounds} rounds each); server CPU per request "
+        f"{report['server_cpu_us_per_req']['mlp_plain']:.0f} -> "
+        f"{report['server_cpu_us_per_req']['mlp_drift']:.0f} µs; "
+        f"{report['drift_windows_judged']} drift windows judged"
+    )
+    print(f"wrote {args.out} ({report['machine']})")
+
+
+if __name__ == "__main__":
+    main()
