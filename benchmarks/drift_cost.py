@@ -19,6 +19,8 @@ import os
 import platform
 import statistics
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +53,16 @@ def inputs(rows: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((rows, SIZES[0]), dtype=np.float32)
 
 
-def build_repository(root: Path) -> Path:
+def build_repository(root: Path, control: bool) -> Path:
     model = mlp_model(SIZES)
     for name in MODELS:
         version = root / name / "1"
         version.mkdir(parents=True)
         onnx.save(model, version / "model.onnx")
         (root / name / "config.pbtxt").write_text(CONFIG.format(name=name))
-    x = inputs(20_000, seed=0)
-    built = profile.build(x, "INPUT0")
-    profile.save(built, root / "mlp_drift" / "1" / profile.FILENAME)
+    if not control:
+        built = profile.build(inputs(20_000, seed=0), "INPUT0")
+        profile.save(built, root / "mlp_drift" / "1" / profile.FILENAME)
     return root
 
 
@@ -76,17 +78,20 @@ async def measure(server: ServerProcess, model: str, duration: float) -> dict[st
 
 
 def drift_windows(server: ServerProcess) -> int:
-    import urllib.request
-
     url = f"http://127.0.0.1:{server.http_port}/v2/models/mlp_drift/drift"
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return int(json.load(r)["windows_judged"])
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return int(json.load(r)["windows_judged"])
+    except urllib.error.HTTPError as exc:  # --control: no monitor
+        exc.close()
+        return 0
 
 
 async def run(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
-    for _ in range(args.rounds):
-        for model in MODELS:
+    for i in range(args.rounds):
+        # Alternate which model goes first, so that an order effect falls on both.
+        for model in MODELS if i % 2 == 0 else MODELS[::-1]:
             rows.append(await measure(server, model, args.duration))
     by_model = {m: [r for r in rows if r["model"] == m] for m in MODELS}
     mean = {m: statistics.fmean(r["throughput_rps"] for r in by_model[m]) for m in MODELS}
@@ -104,9 +109,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="A/A run: neither model has a monitor, to show the noise between the two",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/drift_cost.json")
     args = parser.parse_args()
-    repo = build_repository(Path(tempfile.mkdtemp()) / "repo")
+    repo = build_repository(Path(tempfile.mkdtemp()) / "repo", args.control)
     server = ServerProcess(repo, "--drift-window-samples", "1000")
     try:
         report = asyncio.run(run(server, args))
@@ -114,6 +124,7 @@ def main() -> None:
         server.stop()
     report["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}"
     report["duration_s"] = args.duration
+    report["control"] = args.control
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     table = Table(title=f"MLP over gRPC, concurrency {CONCURRENCY}: drift monitor off vs on")
