@@ -36,9 +36,16 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--model-control-mode",
-        choices=["none", "explicit"],
+        choices=["none", "explicit", "poll"],
         default="none",
-        help="none: load everything at start; explicit: load/unload through the API",
+        help="none: load everything at start; explicit: load/unload through the API; "
+        "poll: load everything at start, then follow changes to the repository",
+    )
+    p.add_argument(
+        "--repository-poll-secs",
+        type=_positive_float,
+        default=15.0,
+        help="with poll model control: seconds between scans of the repository (default 15)",
     )
     p.add_argument(
         "--load-model",
@@ -246,6 +253,16 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got '{text}'")
+    return value
+
+
 def _restrictions(specs: list[str]) -> dict[str, Restriction]:
     try:
         return parse_restrictions(specs)
@@ -280,6 +297,7 @@ def _serve(args: argparse.Namespace) -> int:
         allow_grpc=args.allow_grpc,
         model_control_mode=args.model_control_mode,
         load_models=args.load_model,
+        repository_poll_s=args.repository_poll_secs,
         http_max_input_size=args.http_max_input_size,
         exit_timeout_s=args.exit_timeout_secs,
         device=args.device,

@@ -138,10 +138,10 @@ class DataPlane:
         self._require_explicit("load")
         override = cfg.parse_config_json(config_json) if config_json else None
         entry = await self.registry.load(name, override)
-        if not entry.versions:
-            reasons = [r for _, r in entry.states.values()] or [
-                entry.model_state[1] if entry.model_state else "unknown"
-            ]
+        if entry.errors or not entry.versions:
+            # A failed reload leaves what served before serving; the caller still hears of it.
+            reasons = entry.errors or [r for _, r in entry.states.values()]
+            reasons = reasons or [entry.model_state[1] if entry.model_state else "unknown"]
             raise InvalidInput(f"failed to load '{name}': {'; '.join(reasons)}")
 
     async def unload_model(self, name: str) -> None:

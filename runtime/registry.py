@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime import config as cfg
-from runtime import repository
+from runtime import repository, snapshot
 from runtime.batching.batcher import BatchObserver, DynamicBatcher, ObserverGroup
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput, NotFound, Unavailable
@@ -24,6 +25,7 @@ from runtime.monitoring.autoscale import AutoscalePolicy, LoadWindow
 from runtime.monitoring.drift import DriftMonitor
 from runtime.proto import model_config_pb2 as pb
 from runtime.repository import LoadedVersion
+from runtime.snapshot import Snapshot, Source
 from runtime.statistics import ModelStatistics, RequestObserver
 
 log = logging.getLogger(__name__)
@@ -78,12 +80,78 @@ class ModelEntry:
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     states: dict[int, tuple[str, str]] = field(default_factory=dict)
     model_state: tuple[str, str] | None = None
+    # What each servable version was built from, so a reload can reuse the unchanged ones.
+    sources: dict[int, Source] = field(default_factory=dict)
+    # The folder as the last load found it; the poller reloads when the disk differs.
+    seen: Snapshot | None = None
+    # What failed in the last load (a servable version may still be the previous files).
+    errors: list[str] = field(default_factory=list)
 
     def latest(self) -> ModelVersion | None:
         for v in sorted(self.versions, reverse=True):
             if self.versions[v].ready:
                 return self.versions[v]
         return None
+
+
+@dataclass(slots=True)
+class _Swap:
+    """A rebuilt entry, the versions built for it, and the served versions it leaves out."""
+
+    entry: ModelEntry
+    fresh: list[ModelVersion]
+    retired: list[ModelVersion]
+
+
+def _keep_old(name: str, old: ModelEntry | None, now: Snapshot | None, reason: str) -> _Swap:
+    """The model as a whole failed to (re)load: whatever served keeps serving, as it was."""
+    log.error("model '%s' failed to load: %s", name, reason)
+    entry = ModelEntry(name, seen=now, errors=[reason])
+    if old is None or not old.versions:
+        entry.model_state = (UNAVAILABLE, reason)
+        return _Swap(entry, [], [])
+    entry.versions = dict(old.versions)
+    entry.sources = dict(old.sources)
+    note = f"serving the previous files; the reload failed: {reason}"
+    entry.states = {v: (READY, note) for v in old.versions}
+    return _Swap(entry, [], [])
+
+
+def _reusable(old: ModelEntry | None) -> dict[int, Source | None]:
+    """What each serving version was built from; None where its batcher crashed, so a load
+    rebuilds it even with its files unchanged (a reload is how an operator heals a model)."""
+    if old is None:
+        return {}
+    return {v: old.sources.get(v) if m.ready else None for v, m in old.versions.items()}
+
+
+def _record_failures(entry: ModelEntry, failed: Mapping[int, str], retired: Iterable[int]) -> None:
+    """States for the versions that failed to load and for those just taken out of service."""
+    for v in retired:
+        if v not in entry.versions:
+            entry.states[v] = (UNAVAILABLE, "unloaded")
+    for v, reason in sorted(failed.items()):
+        if v in entry.versions:  # the previous files of this version still serve
+            entry.states[v] = (READY, f"serving the previous files; the new ones failed: {reason}")
+        else:
+            entry.states[v] = (UNAVAILABLE, reason)
+        entry.errors.append(f"version {v}: {reason}")
+
+
+def _log_swap(swap: _Swap, old: ModelEntry | None, started_ns: int) -> None:
+    entry = swap.entry
+    fresh = sorted(int(m.version) for m in swap.fresh)
+    log.info(
+        "model '%s' %s in %.3f s: serving versions %s (loaded %s, kept %s), retiring %s%s",
+        entry.name,
+        "swapped" if old is not None and old.versions else "loaded",
+        (time.perf_counter_ns() - started_ns) / 1e9,
+        sorted(entry.versions),
+        fresh,
+        sorted(v for v in entry.versions if v not in fresh),
+        sorted(int(m.version) for m in swap.retired),
+        f"; failed: {'; '.join(entry.errors)}" if entry.errors else "",
+    )
 
 
 class Registry:
@@ -176,50 +244,97 @@ class Registry:
                 found.setdefault(name, path)
         return found
 
+    def seen(self, name: str) -> Snapshot | None:
+        """The model folder as its last load found it (None: never loaded from disk, unloaded)."""
+        entry = self._models.get(name)
+        return entry.seen if entry is not None else None
+
+    def loaded_names(self) -> list[str]:
+        """Models loaded from the repository (ready or not) and not unloaded since."""
+        return [n for n, e in self._models.items() if e.seen is not None or e.versions]
+
     async def load(self, name: str, override: pb.ModelConfig | None = None) -> ModelEntry:
-        """(Re)load a model from the repository; failures are recorded, never raised."""
+        """(Re)load a model: build only new and changed versions, swap, drain what left.
+
+        Failures are recorded in the entry (and its `errors`), never raised; a version that
+        fails to load never takes a serving one down.
+        """
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            model_dir = self.find_model_dir(name)
-            entry = ModelEntry(name)
-            if model_dir is None:
-                entry.model_state = (UNAVAILABLE, f"model '{name}' is not in the repository")
-            else:
-                await asyncio.to_thread(self._load_versions, entry, model_dir, override)
-            for version in entry.versions.values():
-                version.batcher.start()
+            started_ns = time.perf_counter_ns()
             old = self._models.get(name)
-            self._models[name] = entry
-            if old is not None:
-                await self._retire(old, keep=entry)
-            return entry
+            model_dir = self.find_model_dir(name)
+            swap = await asyncio.to_thread(self._rebuild, name, old, model_dir, override)
+            for version in swap.fresh:
+                version.batcher.start()
+            self._models[name] = swap.entry  # the swap: requests from here on see the new set
+            _log_swap(swap, old, started_ns)
+            await self._retire(name, swap.retired)
+            return swap.entry
 
-    def _load_versions(
-        self, entry: ModelEntry, model_dir: Path, override: pb.ModelConfig | None
-    ) -> None:
+    def _rebuild(
+        self,
+        name: str,
+        old: ModelEntry | None,
+        model_dir: Path | None,
+        override: pb.ModelConfig | None,
+    ) -> _Swap:
+        """On a worker thread: fingerprint the folder, then load what the plan says."""
+        now: Snapshot | None = None
         try:
-            message = override if override is not None else cfg.read_config_file(model_dir)
-            versions = repository.select_versions(repository.version_folders(model_dir), message)
-            if not versions:
-                raise cfg.ConfigError(f"model '{entry.name}' has no version folder with a model")
+            if model_dir is None:
+                raise cfg.ConfigError(f"model '{name}' is not in the repository")
+            now = snapshot.take(model_dir)  # before any file is read: later edits are seen
+            message, wanted = self._policy(name, model_dir, override)
         except (cfg.ConfigError, OSError) as exc:
-            entry.model_state = (UNAVAILABLE, str(exc))
-            log.error("model '%s' is unavailable: %s", entry.name, exc)
-            return
+            return _keep_old(name, old, now, str(exc))
+        key = override.SerializeToString() if override is not None else b""
+        served = _reusable(old)
+        chosen = snapshot.plan(wanted, served, now, key)
+        fresh, failed = self._load_each(name, model_dir, message, chosen.load)
+        retire = snapshot.settle(chosen, failed, now.versions)
+        entry = ModelEntry(name, seen=now)
+        kept = {v: m for v, m in (old.versions if old else {}).items() if v not in retire}
+        for v, model in sorted({**kept, **fresh}.items()):
+            entry.versions[v] = model
+            entry.states[v] = (READY, "")
+            source = now.source(v, key) if v in fresh else served[v]
+            if source is not None:
+                entry.sources[v] = source
+        _record_failures(entry, failed, retire)
+        retired = [old.versions[v] for v in retire] if old is not None else []
+        return _Swap(entry, list(fresh.values()), retired)
+
+    def _policy(
+        self, name: str, model_dir: Path, override: pb.ModelConfig | None
+    ) -> tuple[pb.ModelConfig, list[int]]:
+        message = override if override is not None else cfg.read_config_file(model_dir)
+        versions = repository.select_versions(repository.version_folders(model_dir), message)
+        if not versions:
+            raise cfg.ConfigError(f"model '{name}' has no version folder with a model")
+        return message, versions
+
+    def _load_each(
+        self, name: str, model_dir: Path, message: pb.ModelConfig, versions: Iterable[int]
+    ) -> tuple[dict[int, ModelVersion], dict[int, str]]:
+        """Load and warm each version; (servable versions, reasons of those that failed)."""
+        fresh: dict[int, ModelVersion] = {}
+        failed: dict[int, str] = {}
         for version in versions:
             try:
                 loaded = repository.load_version(
                     model_dir, version, message, self.device, self.drift_defaults
                 )
             except Exception as exc:
-                entry.states[version] = (UNAVAILABLE, str(exc))
-                log.error("model '%s' version %d is unavailable: %s", entry.name, version, exc)
+                failed[version] = str(exc)
+                log.error("model '%s' version %d is unavailable: %s", name, version, exc)
                 continue
-            entry.versions[version] = self._servable(entry.name, loaded)
-            entry.states[version] = (READY, "")
-            log.info("model '%s' version %d is ready", entry.name, version)
+            fresh[version] = self._servable(name, loaded)
+            log.info("model '%s' version %d is ready", name, version)
+        return fresh, failed
 
     async def unload(self, name: str) -> None:
+        """Take every version out of service at once, then drain and close them."""
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             entry = self._models.get(name)
@@ -228,16 +343,26 @@ class Registry:
             empty = ModelEntry(name, model_state=(UNAVAILABLE, "unloaded"))
             empty.states = {v: (UNAVAILABLE, "unloaded") for v in entry.states}
             self._models[name] = empty
-            await self._retire(entry, keep=None)
+            await self._retire(name, list(entry.versions.values()))
 
-    async def _retire(self, old: ModelEntry, keep: ModelEntry | None) -> None:
-        for version in old.versions.values():
+    async def _retire(self, name: str, versions: Sequence[ModelVersion]) -> None:
+        """Drain (queued and running requests finish), then close; the caller swapped them out."""
+        if not versions:
+            return
+        started_ns = time.perf_counter_ns()
+        for version in versions:
             await version.batcher.stop(drain=True)
             version.loaded.backend.close()
+        log.info(
+            "model '%s' unloaded versions %s: drained and closed in %.3f s",
+            name,
+            [int(v.version) for v in versions],
+            (time.perf_counter_ns() - started_ns) / 1e9,
+        )
 
     async def close(self) -> None:
-        for entry in list(self._models.values()):
-            await self._retire(entry, keep=None)
+        for name, entry in list(self._models.items()):
+            await self._retire(name, list(entry.versions.values()))
         self._models.clear()
 
     def check_ready(self, name: str) -> None:

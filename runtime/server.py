@@ -21,6 +21,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from runtime.config import Restriction
+from runtime.control import RepositoryPoller
 from runtime.dataplane import DataPlane
 from runtime.monitoring.autoscale import AutoscalePolicy
 from runtime.monitoring.metrics import Metrics
@@ -46,8 +47,11 @@ class ServerConfig:
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True
+    # none: load everything at start; explicit: the load/unload API; poll: load everything
+    # at start, then follow the repository every repository_poll_s seconds.
     model_control_mode: str = "none"
     load_models: list[str] = field(default_factory=list)
+    repository_poll_s: float = 15.0
     http_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     exit_timeout_s: float = 30.0
     device: str = "auto"
@@ -114,6 +118,7 @@ class Server:
         self._uvicorns: list[tuple[_UvicornServer, asyncio.Task[None]]] = []
         self._grpc: grpc.aio.Server | None = None
         self._stop = asyncio.Event()
+        self._poller: RepositoryPoller | None = None
         self._drift_ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -125,6 +130,9 @@ class Server:
         if self.metrics is not None:
             await self._start_metrics(self.metrics)
         await self._load_models()
+        if self.config.model_control_mode == "poll":
+            self._poller = RepositoryPoller(self.registry, self.config.repository_poll_s)
+            self._poller.start()
         self._drift_ticker = asyncio.create_task(self._tick_drift())
         self.dataplane.ready = True
         log.info("server is ready")
@@ -244,6 +252,8 @@ class Server:
         for server, task in self._uvicorns:
             server.should_exit = True
             waits.append(task)
+        if self._poller is not None:
+            waits.append(self._poller.stop())
         await asyncio.gather(*waits, return_exceptions=True)
         if self._drift_ticker is not None:
             self._drift_ticker.cancel()

@@ -133,12 +133,20 @@ def test_settings_defaults_and_overrides() -> None:
         ({"js_alert": 1.5}, "'js_alert' is a distance in (0, 1]"),
         ({"epsilon": 0.5}, "'epsilon' must be at most 0.01"),
         ({"psi_warn": 0.3}, "'psi_warn' (0.3) must not exceed 'psi_alert' (0.2)"),
-        ({"window_samples": 100}, "'min_samples' (300) must not exceed 'window_samples' (100)"),
+        (
+            {"window_samples": 100, "min_samples": 300},
+            "'min_samples' (300) must not exceed 'window_samples' (100)",
+        ),
     ],
 )
 def test_settings_errors_name_the_key(mapping: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         DriftSettings.from_mapping(mapping)
+
+
+def test_a_small_window_lowers_min_samples_to_fit() -> None:
+    assert DriftSettings.from_mapping({"window_samples": 100}).min_samples == 100
+    assert DriftSettings.from_mapping({"window_samples": 5000}).min_samples == 300
 
 
 # ----------------------------------------------------------------------------- windows
