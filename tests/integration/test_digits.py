@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,76 @@ def test_drift_stays_quiet_on_held_out_digits_and_alerts_on_inverted_ones(
     assert calm["alert"] is False
     assert alarmed["alert"] is True
     assert alarmed["recent"][-1]["rows"] == len(test)
+
+
+class DigitsClient:
+    """A client thread classifying held-out rows back to back; records versions and failures."""
+
+    def __init__(self, protocol: str, srv: ServerProcess, test: Split, seed: int) -> None:
+        self.protocol, self.srv, self.test, self.seed = protocol, srv, test, seed
+        self.versions: list[str] = []
+        self.correct = 0
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        client = make_client(self.protocol, self.srv)
+        try:
+            while not self.stop.is_set():
+                rows = rng.integers(0, len(self.test), 8)
+                try:
+                    result = client.infer(
+                        "digits", inputs_of(self.protocol, {"pixels": self.test.features[rows]})
+                    )
+                except Exception as exc:  # every failure is the test's business
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                response = result.get_response()
+                version = (
+                    response["model_version"] if self.protocol == "http" else response.model_version
+                )
+                self.versions.append(str(version))
+                predicted = np.argmax(result.as_numpy("scores"), axis=1)
+                self.correct += int(np.sum(predicted == self.test.labels[rows]))
+        finally:
+            client.close()
+
+    def join(self) -> None:
+        self.stop.set()
+        self.thread.join(DEADLINE_S)
+        assert not self.thread.is_alive()
+
+
+def wait_for(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_republishing_digits_under_load_fails_nothing(tmp_path: Path) -> None:
+    """Train v1, serve it in poll mode under HTTP and gRPC load, train and publish v2."""
+    record = training.digits(tmp_path, fast=True)
+    test = training.held_out(record)
+    flags = ("--model-control-mode", "poll", "--repository-poll-secs", "0.2")
+    with running_server(tmp_path, *flags) as srv:
+        clients = [DigitsClient(p, srv, test, seed) for seed, p in enumerate(PROTOCOLS)]
+        try:
+            wait_for(lambda: all(len(c.versions) >= 10 for c in clients), "traffic on v1")
+            training.digits(tmp_path, fast=True, seed=1)
+            wait_for(lambda: all(c.versions[-1] == "2" for c in clients), "every client on v2")
+            marks = [len(c.versions) for c in clients]
+            wait_for(
+                lambda: all(len(c.versions) >= m + 10 for c, m in zip(clients, marks, strict=True)),
+                "traffic on v2",
+            )
+        finally:
+            for c in clients:
+                c.join()
+    for c in clients:
+        assert c.failures == [], f"{c.protocol}: {c.failures[:3]}"
+        assert c.versions == sorted(c.versions), f"{c.protocol} went back to version 1"
+        assert c.correct / (8 * len(c.versions)) >= 0.9
