@@ -35,6 +35,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--allow-metrics", type=_bool, default=True, help="serve Prometheus metrics (default true)"
     )
     p.add_argument(
+        "--allow-gpu-metrics",
+        type=_bool,
+        default=True,
+        help="export Triton's nv_gpu_* metrics when NVML (nvidia-ml-py) finds GPUs (default true)",
+    )
+    p.add_argument(
         "--model-control-mode",
         choices=["none", "explicit", "poll"],
         default="none",
@@ -293,6 +299,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         allow_metrics=args.allow_metrics,
+        allow_gpu_metrics=args.allow_gpu_metrics,
         allow_http=args.allow_http,
         allow_grpc=args.allow_grpc,
         model_control_mode=args.model_control_mode,

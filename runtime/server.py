@@ -47,6 +47,8 @@ class ServerConfig:
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True
+    # Triton's nv_gpu_* families, read through NVML; absent without nvidia-ml-py or a GPU.
+    allow_gpu_metrics: bool = True
     # none: load everything at start; explicit: the load/unload API; poll: load everything
     # at start, then follow the repository every repository_poll_s seconds.
     model_control_mode: str = "none"
@@ -100,7 +102,9 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.metrics = Metrics() if config.allow_metrics else None
+        self.metrics = (
+            Metrics(allow_gpu_metrics=config.allow_gpu_metrics) if config.allow_metrics else None
+        )
         self.registry = Registry(
             config.model_repositories,
             config.device,

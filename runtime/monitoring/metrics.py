@@ -3,7 +3,8 @@
 Triton's families are rendered at scrape time from the statistics the data plane keeps
 anyway, so they cost the hot path nothing and always agree with the statistics
 extension. They are written by hand because prometheus_client names every counter
-`<name>_total`, and Triton's dashboards expect the bare names. Conveyor's histograms use
+`<name>_total`, and Triton's dashboards expect the bare names; so are Triton's per-GPU
+`nv_gpu_*` families, read from NVML at scrape time. Conveyor's histograms use
 prometheus_client, with each model's label children made once at load.
 """
 
@@ -20,6 +21,7 @@ from runtime.batching.queue import Pending
 from runtime.errors import ServingError
 from runtime.monitoring import drift
 from runtime.monitoring.drift import DriftMonitor
+from runtime.monitoring.gpu import GpuReader, GpuSample
 from runtime.registry import ModelObserver, ModelVersion, Registry
 from runtime.statistics import FAILURE_REASONS, Duration, failure_reason
 
@@ -48,6 +50,19 @@ _TRITON_COUNTERS: tuple[tuple[str, str, str], ...] = (
      "Cumulative compute inference duration in microseconds", "compute_infer.ns"),
     ("nv_inference_compute_output_duration_us",
      "Cumulative inference compute output duration in microseconds", "compute_output.ns"),
+)  # fmt: skip
+
+
+# Triton's per-GPU families (core's metrics.cc): name, type, help, GpuSample field. Label
+# gpu_uuid only, which is what perf_analyzer's --collect-metrics parser expects.
+_TRITON_GPU: tuple[tuple[str, str, str, str], ...] = (
+    ("nv_gpu_utilization", "gauge", "GPU utilization rate [0.0 - 1.0)", "utilization"),
+    ("nv_gpu_memory_total_bytes", "gauge", "GPU total memory, in bytes", "memory_total_bytes"),
+    ("nv_gpu_memory_used_bytes", "gauge", "GPU used memory, in bytes", "memory_used_bytes"),
+    ("nv_gpu_power_usage", "gauge", "GPU power usage in watts", "power_w"),
+    ("nv_gpu_power_limit", "gauge", "GPU power management limit in watts", "power_limit_w"),
+    ("nv_energy_consumption", "counter",
+     "GPU energy consumption in joules since the server started", "energy_j"),
 )  # fmt: skip
 
 
@@ -83,6 +98,28 @@ def triton_text(models: Sequence[ModelVersion]) -> str:
         f"nv_inference_pending_request_count{{{_labels(m)}}} {m.batcher.depth}" for m in models
     ]
     return "\n".join(lines) + "\n"
+
+
+def gpu_text(samples: Sequence[GpuSample]) -> str:
+    """Triton's per-GPU families; a family no GPU has a value for is left out."""
+    lines: list[str] = []
+    for name, kind, help_text, field in _TRITON_GPU:
+        series = [
+            f'{name}{{gpu_uuid="{_label_value(s.uuid)}"}} {_plain(getattr(s, field))}'
+            for s in samples
+            if getattr(s, field) is not None
+        ]
+        if series:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *series]
+    return "".join(line + "\n" for line in lines)
+
+
+def _plain(value: float) -> str:
+    """The value as a plain decimal: perf_analyzer's GPU metric parser reads no exponent."""
+    if float(value).is_integer():
+        return str(int(value))
+    text = repr(float(value))
+    return text if "e" not in text else f"{value:.12f}".rstrip("0").rstrip(".")
 
 
 def _failure_lines(models: Sequence[ModelVersion]) -> list[str]:
@@ -172,8 +209,10 @@ class DriftCollector:
 class Metrics:
     """Owns the metric objects (no global registry) and renders one scrape."""
 
-    def __init__(self, registry: Registry | None = None) -> None:
+    def __init__(self, registry: Registry | None = None, allow_gpu_metrics: bool = True) -> None:
         self.prom = CollectorRegistry(auto_describe=False)
+        reader = GpuReader() if allow_gpu_metrics else None
+        self.gpu = reader if reader is not None and reader.available else None
         self.request_seconds = Histogram(
             "conveyor_request_duration_seconds",
             "Time from taking an inference request to having its answer, per protocol",
@@ -217,7 +256,10 @@ class Metrics:
 
     def render(self) -> bytes:
         models = list(self.registry.models()) if self.registry is not None else []
-        return triton_text(models).encode() + generate_latest(self.prom)
+        text = triton_text(models)
+        if self.gpu is not None:
+            text += gpu_text(self.gpu.sample())
+        return text.encode() + generate_latest(self.prom)
 
 
 class ModelMetrics(ModelObserver):
