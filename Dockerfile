@@ -20,7 +20,7 @@ RUN python3 -m venv /opt/conveyor \
     && /opt/conveyor/bin/pip install --no-cache-dir . \
     && if [ "${ORT_PACKAGE}" != "onnxruntime" ]; then \
         /opt/conveyor/bin/pip uninstall --yes onnxruntime \
-        && /opt/conveyor/bin/pip install --no-cache-dir "${ORT_PACKAGE}==${ORT_GPU_VERSION}"; \
+        && /opt/conveyor/bin/pip install --no-cache-dir "${ORT_PACKAGE}==${ORT_GPU_VERSION}" ".[gpu]"; \
     fi
 # The bundled examples, so the image serves something without a volume.
 RUN /opt/conveyor/bin/python -c \

@@ -23,7 +23,7 @@ each kernel for the dtypes it will see, so no request pays for JIT.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,6 +134,8 @@ class Step:
     kernel: str
     tensor: str
     apply: Apply
+    # The resolved arguments, for the device versions of the kernels (runtime/backends/device.py).
+    args: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +232,7 @@ def _step(spec: StepSpec, stage: str, arrays: _Arrays) -> Step:
         result: np.ndarray = function(x, **args)
         return result
 
-    return Step(spec.kernel, spec.tensor, apply)
+    return Step(spec.kernel, spec.tensor, apply, args)
 
 
 def _argument(kernel: str, name: str, kind: Kind, value: Any, arrays: _Arrays) -> Any:

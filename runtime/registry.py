@@ -370,19 +370,13 @@ class Registry:
             raise Unavailable(f"model '{name}' is not ready")
 
     def _servable(self, name: str, loaded: LoadedVersion) -> ModelVersion:
-        backend = loaded.backend
-        output_names = [s.name for s in loaded.config.outputs]
         version = str(loaded.version)
         stats = ModelStatistics(name, version)
         load = LoadWindow(loaded.config.instance_count, self.autoscale)
         extra = self.observers_for(name, version) if self.observers_for is not None else []
-
-        def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return backend.run(inputs, output_names)
-
         batcher = DynamicBatcher(
             loaded.config,
-            _tapped(loaded.pipeline.wrap(run), loaded.drift),
+            _tapped(loaded.batch_function(), loaded.drift),
             ObserverGroup([stats, load, *extra]),
             self.default_max_queue_size,
         )

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from runtime.proto import model_config_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+BatchFunction = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
 
 @dataclass(frozen=True, slots=True)
 class LoadedVersion:
@@ -37,6 +39,20 @@ class LoadedVersion:
     settings: pipe.ModelSettings = field(default_factory=pipe.ModelSettings)
     # Compares what clients send with the training data; None without a reference.
     drift: drift.DriftMonitor | None = None
+    # On the CUDA provider: runs whole batches, steps included, through IO binding.
+    device_run: BatchFunction | None = None
+
+    def batch_function(self) -> BatchFunction:
+        """What the batcher calls with each batch's inputs: pre steps, model, post steps."""
+        if self.device_run is not None:
+            return self.device_run
+        names = [s.name for s in self.config.outputs]
+        backend = self.backend
+
+        def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return backend.run(inputs, names)
+
+        return self.pipeline.wrap(run)
 
 
 def list_models(root: Path) -> dict[str, Path]:
@@ -108,7 +124,38 @@ def load_version(
     except BaseException:
         backend.close()
         raise
-    return LoadedVersion(version, client_config, backend, pipeline, settings, monitor)
+    device_run = _device_run(backend, pipeline, client_config) if backend.on_gpu else None
+    return LoadedVersion(version, client_config, backend, pipeline, settings, monitor, device_run)
+
+
+def _device_run(
+    backend: OnnxBackend, pipeline: pipe.Pipeline, config: ModelConfig
+) -> BatchFunction | None:
+    """The IO-binding runner, warmed (device kernels compiled) on zeros; None, with the
+    reason logged, where it cannot serve this model and the host path will."""
+    if any(t.datatype == "BYTES" for t in (*config.inputs, *config.outputs)):
+        return None
+    try:
+        from runtime.backends.device import CudaMemory, DeviceRunner
+
+        runner = DeviceRunner(
+            backend.session,
+            pipeline,
+            [s.name for s in config.outputs],
+            CudaMemory(backend.device_id),
+        )
+        runner.run({s.name: _zeros(s, config.batched) for s in config.inputs})
+    except Exception as exc:
+        log.warning("model '%s' runs on the GPU without IO binding: %s", config.name, exc)
+        return None
+    pre, post = runner.steps_on_device
+    log.info(
+        "model '%s' runs through IO binding; pre steps on the %s, post steps on the %s",
+        config.name,
+        "device" if pre else "host",
+        "device" if post else "host",
+    )
+    return runner.run
 
 
 def _drift_monitor(

@@ -75,6 +75,16 @@ class OnnxBackend:
         first = self.providers[0]
         return bool((first[0] if isinstance(first, tuple) else first) == CUDA)
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The session itself, for IO binding (runtime/backends/device.py)."""
+        return self._session
+
+    @property
+    def device_id(self) -> int:
+        first = self.providers[0]
+        return int(first[1].get("device_id", 0)) if isinstance(first, tuple) else 0
+
     def graph_inputs(self) -> Sequence[GraphTensor]:
         return self._inputs
 
