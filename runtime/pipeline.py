@@ -149,18 +149,10 @@ class Pipeline:
         return bool(self.pre or self.post)
 
     def run_pre(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = dict(inputs)
-        for step in self.pre:
-            if step.tensor in out:
-                out[step.tensor] = step.apply(out[step.tensor])
-        return out
+        return _apply(self.pre, inputs)
 
     def run_post(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = dict(outputs)
-        for step in self.post:
-            if step.tensor in out:
-                out[step.tensor] = step.apply(out[step.tensor])
-        return out
+        return _apply(self.post, outputs)
 
     def wrap(
         self, run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
@@ -173,6 +165,15 @@ class Pipeline:
             return self.run_post(run(self.run_pre(inputs)))
 
         return piped
+
+
+def _apply(steps: Sequence[Step], arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays with each step applied in order to the one it names (new dict, no copies)."""
+    out = dict(arrays)
+    for step in steps:
+        if step.tensor in out:
+            out[step.tensor] = step.apply(out[step.tensor])
+    return out
 
 
 def build(spec: PipelineSpec, version_dir: Path, config: ModelConfig) -> Pipeline:
