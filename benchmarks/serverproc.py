@@ -28,7 +28,7 @@ class ServerProcess:
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
-        self.http_port = self.grpc_port = 0
+        self.http_port = self.grpc_port = self.metrics_port = 0
         self.log: list[str] = []
         ready = threading.Event()
         threading.Thread(target=self._drain, args=(ready,), daemon=True).start()
@@ -44,6 +44,8 @@ class ServerProcess:
                 self.http_port = int(m.group(1))
             if m := re.search(r"Started GRPCInferenceService at [^:]+:(\d+)", line):
                 self.grpc_port = int(m.group(1))
+            if m := re.search(r"Started Metrics Service at [^:]+:(\d+)", line):
+                self.metrics_port = int(m.group(1))
             if "server is ready" in line:
                 ready.set()
         ready.set()

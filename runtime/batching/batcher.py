@@ -116,7 +116,10 @@ class DynamicBatcher:
         self.slo: SloController | None = None
         if self._max_rows and config.batching.latency_slo_us:
             self.slo = SloController(
-                config.batching.latency_slo_us * 1000, self._max_rows, self._delay_ns
+                config.batching.latency_slo_us * 1000,
+                self._max_rows,
+                self._delay_ns,
+                config.instance_count,
             )
         self._preferred = config.batching.preferred_batch_sizes
         self._executor = ThreadPoolExecutor(
