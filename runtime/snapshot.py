@@ -27,14 +27,25 @@ def _stamp(path: str, relative: str) -> FileStamp | None:
 
 
 def signature(folder: Path, prefix: str = "") -> Signature:
-    """Every file under folder, recursively (symlinks followed), sorted by relative path.
+    """Every file under folder, recursively (symlinks followed, each folder once), sorted by
+    relative path.
 
     Hidden names are left out at every depth: a temp file written beside model.onnx and
     then renamed over it changes the signature once, when the rename lands.
     """
     stamps: list[FileStamp] = []
+    visited: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in visited:  # a symlink back up the tree: walk it once
+            dirnames[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        # Real folders before links to them, so that a file keeps its own path.
+        dirnames[:] = sorted(
+            (d for d in dirnames if not d.startswith(".")),
+            key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d),
+        )
         for name in filenames:
             if name.startswith("."):
                 continue

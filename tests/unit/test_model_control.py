@@ -120,6 +120,19 @@ def test_signature_sees_every_kind_of_change(tmp_path: Path, change: str) -> Non
     assert snapshot.signature(tmp_path) != before
 
 
+def test_a_symlink_loop_is_walked_once(tmp_path: Path) -> None:
+    """A link back up the tree must not send the scan thread round forever."""
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.onnx").write_bytes(b"x")
+    (tmp_path / "1" / "again").symlink_to(tmp_path, target_is_directory=True)
+    linked = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    linked.symlink_to(tmp_path / "1", target_is_directory=True)
+    (tmp_path / "shared").symlink_to(linked, target_is_directory=True)
+    names = [stamp[0] for stamp in snapshot.signature(tmp_path)]
+    assert names.count("1/model.onnx") == 1
+    assert len(names) == 1
+
+
 def test_take_splits_model_files_from_versions_and_skips_hidden(tmp_path: Path) -> None:
     model_dir = write_offset_model(tmp_path, "m", versions=2)
     (model_dir / "labels.txt").write_text("a\nb\n")
