@@ -10,6 +10,7 @@ prometheus_client, with each model's label children made once at load.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -254,12 +255,18 @@ class Metrics:
         """What the registry attaches to each new model version."""
         return [ModelMetrics(self, name, version)]
 
-    def render(self) -> bytes:
+    def render(self, gpu_samples: Sequence[GpuSample] | None = None) -> bytes:
+        """One scrape; GPU samples are read here unless the caller read them already."""
         models = list(self.registry.models()) if self.registry is not None else []
         text = triton_text(models)
         if self.gpu is not None:
-            text += gpu_text(self.gpu.sample())
+            text += gpu_text(self.gpu.sample() if gpu_samples is None else gpu_samples)
         return text.encode() + generate_latest(self.prom)
+
+    async def render_async(self) -> bytes:
+        """A scrape from the event loop: the NVML driver calls run on a worker thread."""
+        samples = await asyncio.to_thread(self.gpu.sample) if self.gpu is not None else None
+        return self.render(samples)
 
 
 class ModelMetrics(ModelObserver):

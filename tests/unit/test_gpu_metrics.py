@@ -6,6 +6,7 @@ reader); one test marked `gpu` reads the real NVML and skips, saying why, where 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -249,6 +250,10 @@ def test_metrics_imports_pynvml_only_when_gpu_metrics_are_on(
     assert parsed["nv_gpu_utilization"].samples[0].value == 0.37
     assert parsed["nv_inference_count"].type == "counter"  # the rest renders as before
     assert "process_cpu_seconds" in parsed
+
+    # The server scrapes from its event loop: the driver calls go to a worker thread.
+    threaded = families(asyncio.run(on.render_async()).decode())
+    assert threaded["nv_gpu_utilization"].samples[0].value == 0.37
 
 
 @pytest.mark.parametrize("allow", [True, False])

@@ -223,7 +223,7 @@ def create_metrics_app(metrics: Metrics) -> Starlette:
     """The Prometheus endpoint, on its own port as Triton serves it."""
 
     async def scrape(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(await metrics.render_async(), media_type=CONTENT_TYPE)
 
     return Starlette(
         routes=[Route("/metrics", scrape, methods=["GET"])],
