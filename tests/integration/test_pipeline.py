@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,32 @@ def test_bad_pipelines_make_only_their_model_unavailable(
     assert row["state"] == "UNAVAILABLE"
     assert reason in row["reason"]
     assert pclient.is_model_ready("scores")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_editing_conveyor_yaml_in_poll_mode_reloads_the_pipeline(
+    tmp_path: Path, protocol: str
+) -> None:
+    """conveyor.yaml is a model-level file: changing it rebuilds every version's steps."""
+    add_model(tmp_path, "m", [4], "")
+    x = np.array([[-1.0, 0.0, 1.0, 2.0]], np.float32)
+    flags = ("--model-control-mode", "poll", "--repository-poll-secs", "0.2")
+    with running_server(tmp_path, *flags) as srv:
+        client = make_client(protocol, srv)
+        try:
+
+            def output() -> np.ndarray:
+                result = client.infer("m", inputs_of(protocol, {"INPUT0": x}))
+                return np.asarray(result.as_numpy("OUTPUT0"))
+
+            np.testing.assert_allclose(output(), 2 * x)
+            temp = tmp_path / "m" / ".conveyor.yaml.new"
+            temp.write_text("pipeline: {post: [{kernel: sigmoid, tensor: OUTPUT0}]}\n")
+            temp.replace(tmp_path / "m" / "conveyor.yaml")
+            deadline = time.monotonic() + 20
+            while not np.allclose(output(), kernels.sigmoid(2 * x), rtol=1e-6):
+                assert time.monotonic() < deadline, "the new pipeline never took effect"
+                time.sleep(0.05)
+        finally:
+            client.close()
+    assert "model 'm' swapped" in srv.log_text()
