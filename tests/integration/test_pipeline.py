@@ -151,6 +151,12 @@ def test_image_clients_send_uint8_nhwc(pclient: Any) -> None:
         else (first.datatype, list(first.shape))
     )
     assert (datatype, shape) == ("UINT8", [-1, 4, 5, 3])
+    config = pclient.get_model_config("image")
+    first_input = config["input"][0] if pclient.protocol == "http" else config.config.input[0]
+    if pclient.protocol == "http":
+        assert (first_input["data_type"], first_input["dims"]) == ("TYPE_UINT8", [4, 5, 3])
+    else:
+        assert (first_input.data_type, list(first_input.dims)) == (2, [4, 5, 3])  # TYPE_UINT8
     result = pclient.infer("image", inputs_of(pclient.protocol, {"INPUT0": img}))
     want = (img / 255 - np.array(IMAGE_MEAN)) / np.array(IMAGE_STD)
     np.testing.assert_allclose(
