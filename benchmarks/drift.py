@@ -14,9 +14,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from serverproc import median_us
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,19 +54,6 @@ INPUTS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
 }
 
 
-def median_us(fn: Callable[[], Any], budget_s: float) -> float:
-    """Median of repeated timed calls, after a few untimed warm-up calls."""
-    for _ in range(3):
-        fn()
-    samples: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 20000):
-        start = time.perf_counter_ns()
-        fn()
-        samples.append((time.perf_counter_ns() - start) / 1e3)
-    return statistics.median(samples)
-
-
 def measure(name: str, budget_s: float, rng: np.random.Generator) -> list[dict[str, Any]]:
     make = INPUTS[name]
     scores = rng.normal(size=(5000, CLASSES)).astype(np.float32)
@@ -77,8 +63,8 @@ def measure(name: str, budget_s: float, rng: np.random.Generator) -> list[dict[s
     for batch in BATCHES:
         x = make(batch, rng)
         inputs, outputs = {"x": x}, {"y": rng.normal(size=(batch, CLASSES)).astype(np.float32)}
-        observe_us = median_us(partial(monitor.observe, inputs, outputs), budget_s)
-        histogram_us = median_us(partial(kernels.histogram, x, profile.edges), budget_s)
+        observe_us = median_us(partial(monitor.observe, inputs, outputs), budget_s, 3, 20000)
+        histogram_us = median_us(partial(kernels.histogram, x, profile.edges), budget_s, 3, 20000)
         rows.append(
             {"input": name, "features": profile.features, "batch": batch,
              "observe_us": observe_us, "ns_per_row": observe_us * 1e3 / batch,
@@ -97,7 +83,8 @@ def tick_us(budget_s: float, rng: np.random.Generator) -> float:
         monitor.observe(batch, {})
         monitor.tick()
 
-    return median_us(one_window, budget_s) - median_us(lambda: monitor.observe(batch, {}), budget_s)
+    observe_us = median_us(lambda: monitor.observe(batch, {}), budget_s, 3, 20000)
+    return median_us(one_window, budget_s, 3, 20000) - observe_us
 
 
 def main() -> None:

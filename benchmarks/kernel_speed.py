@@ -12,16 +12,16 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from serverproc import median_us
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -72,18 +72,6 @@ def inputs(name: str, batch: int, rng: np.random.Generator) -> tuple[Any, ...]:
     return table[name]()
 
 
-def median_us(fn: Callable[..., Any], args: tuple[Any, ...], budget_s: float) -> float:
-    """Median of repeated timed calls, after one untimed warm-up call."""
-    fn(*args)
-    samples: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 2000):
-        start = time.perf_counter_ns()
-        fn(*args)
-        samples.append((time.perf_counter_ns() - start) / 1e3)
-    return statistics.median(samples)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget-s", type=float, default=0.2, help="time per measurement")
@@ -94,9 +82,9 @@ def main() -> None:
     for name in kernels.KERNELS:
         for batch in BATCHES:
             call = inputs(name, batch, rng)
-            numpy_us = median_us(getattr(reference, name), call, args.budget_s)
-            numba_us = median_us(getattr(compiled, name), call, args.budget_s)
-            public_us = median_us(kernels.KERNELS[name], call, args.budget_s)
+            numpy_us = median_us(partial(getattr(reference, name), *call), args.budget_s)
+            numba_us = median_us(partial(getattr(compiled, name), *call), args.budget_s)
+            public_us = median_us(partial(kernels.KERNELS[name], *call), args.budget_s)
             rows.append(
                 {"op": name, "batch": batch, "numpy_us": numpy_us, "numba_us": numba_us,
                  "public_us": public_us, "speedup": numpy_us / numba_us}

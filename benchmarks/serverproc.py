@@ -1,15 +1,18 @@
-"""What the benchmark scripts share: `conveyor serve` in a subprocess, the ORT ceiling."""
+"""What the benchmark scripts share: `conveyor serve` in a subprocess, the ORT ceiling, and
+the median timer of the micro-benchmarks."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +103,17 @@ def ort_rows_per_s(
         session.run(None, {"INPUT0": x})
         runs += 1
     return runs * batch / (time.perf_counter() - t0)
+
+
+def median_us(fn: Callable[[], Any], budget_s: float, warmup: int = 1, most: int = 2000) -> float:
+    """Median microseconds of repeated calls of fn after `warmup` untimed ones: at least 5,
+    at most `most`, for about `budget_s`."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < most):
+        start = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - start) / 1e3)
+    return statistics.median(samples)
