@@ -83,9 +83,9 @@ def warm_up() -> None:
         compiled.bucketize(rows, np.arange(3.0))
         compiled.histogram(rows, np.zeros((3, 2)))
         compiled.topk(rows, 2)
+        compiled.nms(np.zeros((2, 4), dtype), np.ones(2, dtype), 0.5, 0.0)
     for image in (np.zeros((1, 2, 2, 3), np.uint8), np.zeros((1, 2, 2, 3), np.float32)):
         compiled.resize_bilinear(image, 3, 3)
     compiled.normalize_image(np.zeros((1, 2, 2, 3), np.uint8), np.zeros(3), np.ones(3))
     compiled.one_hot(np.zeros(2, np.int64), 3)
     compiled.sigmoid(np.zeros((2, 3), np.float32))
-    compiled.nms(np.zeros((2, 4)), np.ones(2), 0.5, 0.0)
