@@ -20,7 +20,9 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ import numpy as np
 import onnx
 from rich.console import Console
 from rich.table import Table
-from serverproc import ServerProcess, batch_delta, ort_rows_per_s
+from serverproc import ServerProcess, batch_delta, busy_ns, ort_rows_per_s
 
 from runtime.examples import mlp_model
 from runtime.loadtest.client import (
@@ -100,14 +102,30 @@ async def closed(
 ) -> dict[str, Any]:
     http_req, grpc_req = requests_for(model, rows)
     before = server.stats(model)
+    # Where the two cores went: the server's event loop, its other threads (the model), the
+    # load generator (this process), and the share of the time the instances were running.
+    loop0, model0 = server.thread_cpu_s()
+    client0, t0 = _cpu_s(), time.perf_counter()
     if protocol == "http":
         step = await run_http("127.0.0.1", server.http_port, http_req, conc, args.duration, 1.0)
     else:
         url = f"127.0.0.1:{server.grpc_port}"
         step = await run_grpc(url, grpc_req, conc, args.duration, 1.0)
-    row = {"model": model, **step.summary(), **batch_delta(before, server.stats(model))}
+    wall = time.perf_counter() - t0
+    after = server.stats(model)
+    loop1, model1 = server.thread_cpu_s()
+    row = {"model": model, **step.summary(), **batch_delta(before, after)}
     row["samples_per_s"] = row["throughput_rps"] * rows
+    row["instance_busy"] = (busy_ns(after) - busy_ns(before)) / 1e9 / wall
+    row["loop_cores"] = (loop1 - loop0) / wall
+    row["model_cores"] = (model1 - model0) / wall
+    row["client_cores"] = (_cpu_s() - client0) / wall
     return row
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def open_loop(
@@ -202,6 +220,10 @@ def main() -> None:
                 "samples/s": "samples_per_s|{:.0f}",
                 "ORT rows/s": "ort_rows_per_s|{:.0f}",
                 "of ORT": "fraction_of_ort|{:.0%}",
+                "busy": "instance_busy|{:.0%}",
+                "loop cores": "loop_cores|{:.2f}",
+                "model cores": "model_cores|{:.2f}",
+                "client cores": "client_cores|{:.2f}",
             },
         )
     )

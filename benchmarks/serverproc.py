@@ -65,6 +65,24 @@ class ServerProcess:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def thread_cpu_s(self) -> tuple[float, float]:
+        """CPU seconds of the server's main thread (the event loop: sockets, parsing, the
+        batcher) and of all its other threads together (model instances, ONNX Runtime's pool,
+        grpc's pollers), from /proc; threads that already exited are not counted."""
+        main = other = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for stat in Path(f"/proc/{self.proc.pid}/task").glob("*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the thread ended between the listing and the read
+            cpu = (int(fields[11]) + int(fields[12])) / tick
+            if stat.parent.name == str(self.proc.pid):
+                main += cpu
+            else:
+                other += cpu
+        return main, other
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
@@ -86,6 +104,11 @@ def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, floa
         "server_queue_ms": per_request("queue"),
         "server_ms": server_ms + per_request("compute_output"),
     }
+
+
+def busy_ns(record: dict[str, Any]) -> int:
+    """Nanoseconds the model's instances spent running batches, from the statistics record."""
+    return sum(int(b["compute_infer"]["ns"]) for b in record.get("batch_stats", []))
 
 
 def ort_rows_per_s(
