@@ -72,6 +72,34 @@ def test_valid_binary_request_baseline(server: ServerProcess) -> None:
     assert status == 200, data
 
 
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v2/models/add_sub_fp32/versions/1/infer", 200),
+        ("/v2/models/add_sub_fp32/versions/01/infer", 200),  # an int, as the route reads it
+        ("/v2/models/add_sub_fp32/versions/9/infer", 404),  # no such version
+        ("/v2/models/add_sub_fp32/versions/x/infer", 404),  # not a version: no route
+        ("/v2/models/add_sub_fp32/versions/infer", 404),
+        ("/v2/models/add_sub_fp32/extra/infer", 404),
+        ("/v2/models//infer", 404),
+    ],
+)
+def test_infer_paths(server: ServerProcess, path: str, expected: int) -> None:
+    """Infer requests skip Starlette's router; their paths must resolve as its routes do."""
+    body, headers = binary_request((16, 16), 32)
+    status, got_headers, data = http_request(
+        server, "POST", path, body, headers, timeout_s=RAW_TIMEOUT_S
+    )
+    if expected == 200:
+        assert status == 200, data
+        assert got_headers.get("content-type") == "application/json", got_headers
+        doc = json.loads(data)
+        assert doc["model_name"] == "add_sub_fp32"
+        assert doc["model_version"] == "1"
+    else:
+        error_of(status, got_headers, data, expected)
+
+
 @pytest.mark.parametrize("body", [b"{not json", b"", b"[1, 2]", b'"text"', b"\xff\xfe"])
 def test_malformed_json(server: ServerProcess, body: bytes) -> None:
     error_of(*post(server, body), 400)

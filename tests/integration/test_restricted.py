@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.integration.conftest import (
     PROTOCOLS,
     ServerProcess,
+    add_sub_inputs,
     expect_error,
+    inputs_of,
     make_client,
     running_server,
 )
@@ -79,3 +82,45 @@ def test_wrong_key_value_is_refused(client: Any) -> None:
 def test_unrestricted_apis_need_no_key(client: Any) -> None:
     assert client.is_server_live()
     assert client.get_model_metadata("add_sub_fp32")
+
+
+@pytest.fixture(scope="module")
+def inference_restricted(test_repo: Path) -> Iterator[ServerProcess]:
+    spec = f"inference:{KEY}={VALUE}"
+    with running_server(
+        test_repo,
+        "--model-control-mode", "explicit",
+        "--load-model", "add_sub_fp32",
+        "--http-restricted-api", spec,
+        "--grpc-restricted-protocol", spec,
+    ) as server:  # fmt: skip
+        yield server
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_restricted_inference_needs_the_key(
+    protocol: str, inference_restricted: ServerProcess
+) -> None:
+    """Infer has its own fast path over HTTP; the restriction must hold there as well."""
+    arrays = add_sub_inputs(seed=7)
+    c = make_client(protocol, inference_restricted)
+    try:
+        message = expect_error(
+            protocol, ("PERMISSION_DENIED",), c.infer, "add_sub_fp32", inputs_of(protocol, arrays)
+        )
+        assert KEY in message
+        expect_error(
+            protocol,
+            ("PERMISSION_DENIED",),
+            c.infer,
+            "add_sub_fp32",
+            inputs_of(protocol, arrays),
+            headers={KEY: "guess"},
+        )
+        result = c.infer("add_sub_fp32", inputs_of(protocol, arrays), headers={KEY: VALUE})
+        np.testing.assert_allclose(
+            result.as_numpy("OUTPUT0"), arrays["INPUT0"] + arrays["INPUT1"], rtol=1e-6
+        )
+        assert c.is_model_ready("add_sub_fp32")  # other APIs stay open
+    finally:
+        c.close()
