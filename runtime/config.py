@@ -122,6 +122,9 @@ class ModelConfig:
     default_model_filename: str
     parameters: Mapping[str, str]
     proto: pb.ModelConfig
+    # Conveyor's own: batches whose run averages under this many microseconds run on the
+    # event loop instead of an instance thread (0: never). See runtime/batching/batcher.py.
+    inline_run_us: int = 0
 
     @property
     def batched(self) -> bool:
@@ -258,6 +261,11 @@ def _check_dims(spec: Any, g: GraphTensor, max_batch_size: int, kind: str) -> No
             )
 
 
+# A thread hand-off each way costs more than this on the machines in BENCHMARKS.md, so a
+# model that runs a batch this fast is better run where the requests already are.
+DEFAULT_INLINE_RUN_US = 100
+
+
 def _normalise(out: pb.ModelConfig) -> None:
     if not out.HasField("version_policy"):
         out.version_policy.latest.num_versions = 1
@@ -300,7 +308,20 @@ def build(message: pb.ModelConfig, model_dir: Path | None = None) -> ModelConfig
         default_model_filename=message.default_model_filename or "model.onnx",
         parameters={k: v.string_value for k, v in message.parameters.items()},
         proto=message,
+        inline_run_us=_inline_run_us(message),
     )
+
+
+def _inline_run_us(message: pb.ModelConfig) -> int:
+    """`parameters { key: "inline_run_us" ... }`; DEFAULT_INLINE_RUN_US when absent."""
+    if "inline_run_us" not in message.parameters:
+        return DEFAULT_INLINE_RUN_US
+    text = message.parameters["inline_run_us"].string_value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(
+            f"parameter inline_run_us must be a whole number of microseconds, got '{text}'"
+        )
+    return int(text)
 
 
 def _spec(t: Any, model_dir: Path | None) -> TensorSpec:

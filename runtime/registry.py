@@ -379,6 +379,8 @@ class Registry:
             _tapped(loaded.batch_function(), loaded.drift),
             ObserverGroup([stats, load, *extra]),
             self.default_max_queue_size,
+            # Device runs keep per-thread pinned buffers: those stay on the instance threads.
+            inline=loaded.device_run is None,
         )
         return ModelVersion(
             name, version, loaded.config, loaded, batcher, stats, load, (stats, load, *extra)

@@ -105,6 +105,7 @@ class DynamicBatcher:
         run: RunFn,
         observer: BatchObserver,
         default_max_queue_size: int = 0,
+        inline: bool = True,
     ) -> None:
         self._config = config
         self._batching = config.batching
@@ -126,6 +127,13 @@ class DynamicBatcher:
             max_workers=config.instance_count, thread_name_prefix=f"model-{config.name}"
         )
         self._slots = asyncio.Semaphore(config.instance_count)
+        # Inline runs (Conveyor's own): a batch that takes a few tens of microseconds costs
+        # less to run on the event loop than to hand to an instance thread and back (two
+        # wake-ups and two GIL hand-overs). The moving average of recent runs decides, so a
+        # model that slows down (bigger batches, a busier machine) moves back to its
+        # threads; `inline` is False where runs must stay on them (device buffers).
+        self._inline_ns = config.inline_run_us * 1000 if inline else 0
+        self._run_ns = 0.0
         self._arrival = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -216,6 +224,11 @@ class DynamicBatcher:
                 if batch is None:
                     self._slots.release()
                     return
+                if 0 < self._run_ns < self._inline_ns:
+                    self._run_inline(batch)
+                    self._slots.release()
+                    await asyncio.sleep(0)  # the answered requests and the sockets go first
+                    continue
                 task = asyncio.get_running_loop().create_task(self._execute(batch))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
@@ -322,17 +335,33 @@ class DynamicBatcher:
         try:
             outputs, times = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as exc:
-            if not isinstance(exc, ServingError):
-                log.exception("model '%s' failed on a batch of %d", self._config.name, len(batch))
-                exc = InternalError(f"model '{self._config.name}' failed to run: {exc}")
-            rows = sum(p.rows for p in batch)
-            failed = BatchTimes(rows, 0, 0, 0, dispatched_ns)
-            self._release(seq, functools.partial(self._fail, exc, batch, failed))
+            self._failed(seq, batch, exc, dispatched_ns)
             return
         finally:
             self._slots.release()
         times.dispatched_ns = dispatched_ns
         self._release(seq, functools.partial(self._scatter, outputs, batch, times))
+
+    def _run_inline(self, batch: list[Pending]) -> None:
+        """One batch on the event loop, answered as _execute answers one from a thread."""
+        dispatched_ns = time.monotonic_ns()
+        seq = self._dispatched
+        self._dispatched += 1
+        try:
+            outputs, times = self._run_batch(batch)
+        except Exception as exc:
+            self._failed(seq, batch, exc, dispatched_ns)
+            return
+        times.dispatched_ns = dispatched_ns
+        self._release(seq, functools.partial(self._scatter, outputs, batch, times))
+
+    def _failed(self, seq: int, batch: list[Pending], exc: Exception, dispatched_ns: int) -> None:
+        if not isinstance(exc, ServingError):
+            log.exception("model '%s' failed on a batch of %d", self._config.name, len(batch))
+            exc = InternalError(f"model '{self._config.name}' failed to run: {exc}")
+        rows = sum(p.rows for p in batch)
+        failed = BatchTimes(rows, 0, 0, 0, dispatched_ns)
+        self._release(seq, functools.partial(self._fail, exc, batch, failed))
 
     def _release(self, seq: int, answer: Callable[[], None]) -> None:
         """Answer a finished batch; with preserve_ordering, only after every earlier one."""
@@ -360,6 +389,8 @@ class DynamicBatcher:
         t1 = time.perf_counter_ns()
         outputs = self._run_model(inputs)
         t2 = time.perf_counter_ns()
+        run_ns = t2 - t0
+        self._run_ns = run_ns if not self._run_ns else self._run_ns + (run_ns - self._run_ns) / 5
         rows = sum(p.rows for p in batch)
         if self._config.batched:
             for name, arr in outputs.items():

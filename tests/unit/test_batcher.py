@@ -883,3 +883,105 @@ def test_server_default_bounds_a_queue_the_config_leaves_open(
             await asyncio.gather(running, *queued)
 
     run(body())
+
+
+# --- inline runs ----------------------------------------------------------------------------
+
+
+class ThreadRecorder(FakeModel):
+    """Records the thread each run happens on."""
+
+    def __init__(self, fn: Callable[[Mapping[str, np.ndarray]], Arrays] = double) -> None:
+        super().__init__(fn)
+        self.threads: list[int] = []
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        self.threads.append(threading.get_ident())
+        return super().__call__(inputs)
+
+
+def inline_config(inline_run_us: int, **kwargs: Any) -> ModelConfig:
+    return dataclasses.replace(make_config(8, **kwargs), inline_run_us=inline_run_us)
+
+
+def test_fast_runs_move_onto_the_event_loop() -> None:
+    """The first run (no estimate yet) is on an instance thread; once runs are known to
+    be fast, they happen on the loop's own thread, and every caller still gets its rows."""
+
+    async def body() -> None:
+        model = ThreadRecorder()
+        loop_thread = threading.get_ident()
+        async with batcher_for(inline_config(10_000_000), model) as batcher:
+            for i in range(4):
+                data = rows(2, 10 * i)
+                await check_own_rows([submit(batcher, data)], [data])
+        assert model.threads[0] != loop_thread
+        assert model.threads[1:] == [loop_thread] * 3
+
+    run(body())
+
+
+@pytest.mark.parametrize(("inline_run_us", "batcher_inline"), [(0, True), (10_000_000, False)])
+def test_runs_stay_on_instance_threads_when_inline_is_off(
+    inline_run_us: int, batcher_inline: bool
+) -> None:
+    """inline_run_us 0 turns it off; so does the registry for device runs."""
+
+    async def body() -> None:
+        model = ThreadRecorder()
+        loop_thread = threading.get_ident()
+        batcher = DynamicBatcher(inline_config(inline_run_us), model, Recorder(), 0, batcher_inline)
+        batcher.start()
+        try:
+            for i in range(4):
+                data = rows(1, i)
+                await check_own_rows([submit(batcher, data)], [data])
+        finally:
+            await batcher.stop()
+        assert loop_thread not in model.threads
+        assert len(model.threads) == 4
+
+    run(body())
+
+
+def test_slow_runs_stay_on_instance_threads() -> None:
+    """A run averaging over the threshold keeps its batches off the event loop."""
+
+    def slow(inputs: Mapping[str, np.ndarray]) -> Arrays:
+        threading.Event().wait(0.002)  # 2 ms, far over the 1 µs threshold below
+        return double(inputs)
+
+    async def body() -> None:
+        model = ThreadRecorder(slow)
+        loop_thread = threading.get_ident()
+        async with batcher_for(inline_config(1), model) as batcher:
+            for i in range(3):
+                data = rows(1, i)
+                await check_own_rows([submit(batcher, data)], [data])
+        assert loop_thread not in model.threads
+
+    run(body())
+
+
+def test_failing_inline_run_fails_only_its_batch() -> None:
+    def explode_on_zero(inputs: Mapping[str, np.ndarray]) -> Arrays:
+        if inputs["INPUT0"][0, 0] == 0:
+            raise RuntimeError("boom")
+        return double(inputs)
+
+    async def body() -> None:
+        model = ThreadRecorder(explode_on_zero)
+        recorder = Recorder()
+        loop_thread = threading.get_ident()
+        async with batcher_for(inline_config(10_000_000), model, recorder) as batcher:
+            first = rows(1, 100)
+            await check_own_rows([submit(batcher, first)], [first])  # learns the run time
+            with pytest.raises(InternalError, match="boom"):
+                await submit(batcher, rows(1, 0))
+            later = rows(1, 500)
+            await check_own_rows([submit(batcher, later)], [later])
+        assert model.threads[1:] == [loop_thread, loop_thread]
+        assert recorder.batches == [(1, 1, True), (1, 1, False), (1, 1, True)]
+        assert batcher.failed is None
+
+    run(body())

@@ -288,6 +288,24 @@ def test_build_full_config(tmp_path: Path) -> None:
     assert b.policy(2) == b.default_policy
 
 
+@pytest.mark.parametrize(
+    ("parameter", "expected"),
+    [("", cfg.DEFAULT_INLINE_RUN_US), ("0", 0), ("250", 250), (" 40 ", 40)],
+)
+def test_build_inline_run_us(parameter: str, expected: int) -> None:
+    text = "max_batch_size: 4\ndynamic_batching { }\n"
+    if parameter:
+        text += f'parameters {{ key: "inline_run_us" value: {{ string_value: "{parameter}" }} }}'
+    assert cfg.build(complete_text(text)).inline_run_us == expected
+
+
+@pytest.mark.parametrize("bad", ["-5", "1.5", "fast", ""])
+def test_build_inline_run_us_must_be_whole_microseconds(bad: str) -> None:
+    text = f'parameters {{ key: "inline_run_us" value: {{ string_value: "{bad}" }} }}'
+    with pytest.raises(ConfigError, match=f"inline_run_us .*'{bad.strip()}'"):
+        cfg.build(complete_text(text))
+
+
 def test_build_without_dynamic_batching() -> None:
     model = cfg.build(cfg.complete(pb.ModelConfig(), "m", FIXED_IN, FIXED_OUT))
     assert not model.batched
