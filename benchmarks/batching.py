@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/batching.py [--duration 5] [--slo-rate 300]
 
 1. The 64-256-256-10 MLP at concurrency 64 (closed loop, one row per request), over gRPC
-   and HTTP: batching off (max_batch_size 1), a fixed 5 ms max_queue_delay, and
+   and HTTP: batching off (max_batch_size 1; with every run on an instance thread as
+   Triton does, and with Conveyor's inline runs), a fixed 5 ms max_queue_delay, and
    SLO-adaptive with a 10 ms target (starting from the same 5 ms delay).
 2. A compute-bound model (256-1024-1024-1024-10 MLP) with 16-row requests at
    concurrency 8: samples/s against in-process ONNX Runtime at the batch size formed.
@@ -66,9 +67,12 @@ def one_thread() -> str:
     return 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
 
 
+INLINE_OFF = 'parameters { key: "inline_run_us" value: { string_value: "0" } }\n'
 FIXED = "dynamic_batching { max_queue_delay_microseconds: 5000 }\n"
 MODELS: dict[str, tuple[tuple[int, ...], int, str]] = {
     "mlp_off": (SMALL, 1, one_thread()),
+    # As Triton runs it: every batch on an instance thread, none on the event loop.
+    "mlp_off_threads": (SMALL, 1, one_thread() + INLINE_OFF),
     "mlp_fixed": (SMALL, 64, FIXED + one_thread()),
     "mlp_slo": (SMALL, 64, FIXED + one_thread() + slo(10)),
     "wide": (WIDE, 128, "dynamic_batching { }\n"),
@@ -153,7 +157,7 @@ async def sweep(server: ServerProcess, repo: Path, args: argparse.Namespace) -> 
     modes = [
         await closed(server, m, p, 1, 64, args)
         for p in ("grpc", "http")
-        for m in ("mlp_off", "mlp_fixed", "mlp_slo")
+        for m in ("mlp_off_threads", "mlp_off", "mlp_fixed", "mlp_slo")
     ]
     compute = [
         await closed(server, m, p, 16, 8, args)
