@@ -27,7 +27,6 @@ from runtime.monitoring.autoscale import AutoscalePolicy
 from runtime.monitoring.metrics import Metrics
 from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
 from runtime.protocol.http.app import DEFAULT_MAX_INPUT_SIZE, create_app, create_metrics_app
-from runtime.protocol.http.transport import CoalescingHttpToolsProtocol
 from runtime.registry import Registry
 
 log = logging.getLogger("runtime.server")
@@ -176,7 +175,7 @@ class Server:
         uv_config = uvicorn.Config(
             app,
             loop="none",
-            http=CoalescingHttpToolsProtocol,
+            http="httptools",
             lifespan="off",
             access_log=False,
             log_config=None,
