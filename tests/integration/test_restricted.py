@@ -1,8 +1,9 @@
-"""Restricted APIs: without the key the repository API is refused over both protocols
+"""Restricted APIs: without the key a restricted API is refused over both protocols
 (403 / PERMISSION_DENIED); with it, it works; unrestricted APIs need no key."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ from tests.integration.conftest import (
 KEY, VALUE = "admin-key", "s3cret"
 
 
-@pytest.fixture(scope="module")
-def restricted_server(test_repo: Path) -> Iterator[ServerProcess]:
-    spec = f"model-repository,statistics:{KEY}={VALUE}"
+@contextlib.contextmanager
+def server_restricting(test_repo: Path, groups: str) -> Iterator[ServerProcess]:
+    """A server whose API groups `groups` need the key, over both protocols."""
+    spec = f"{groups}:{KEY}={VALUE}"
     with running_server(
         test_repo,
         "--model-control-mode", "explicit",
@@ -33,6 +35,12 @@ def restricted_server(test_repo: Path) -> Iterator[ServerProcess]:
         "--http-restricted-api", spec,
         "--grpc-restricted-protocol", spec,
     ) as server:  # fmt: skip
+        yield server
+
+
+@pytest.fixture(scope="module")
+def restricted_server(test_repo: Path) -> Iterator[ServerProcess]:
+    with server_restricting(test_repo, "model-repository,statistics") as server:
         yield server
 
 
@@ -86,14 +94,7 @@ def test_unrestricted_apis_need_no_key(client: Any) -> None:
 
 @pytest.fixture(scope="module")
 def inference_restricted(test_repo: Path) -> Iterator[ServerProcess]:
-    spec = f"inference:{KEY}={VALUE}"
-    with running_server(
-        test_repo,
-        "--model-control-mode", "explicit",
-        "--load-model", "add_sub_fp32",
-        "--http-restricted-api", spec,
-        "--grpc-restricted-protocol", spec,
-    ) as server:  # fmt: skip
+    with server_restricting(test_repo, "inference") as server:
         yield server
 
 
