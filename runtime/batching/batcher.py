@@ -335,7 +335,7 @@ class DynamicBatcher:
         try:
             outputs, times = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as exc:
-            self._failed(seq, batch, exc, dispatched_ns)
+            self._answer_failure(seq, batch, exc, dispatched_ns)
             return
         finally:
             self._slots.release()
@@ -350,12 +350,14 @@ class DynamicBatcher:
         try:
             outputs, times = self._run_batch(batch)
         except Exception as exc:
-            self._failed(seq, batch, exc, dispatched_ns)
+            self._answer_failure(seq, batch, exc, dispatched_ns)
             return
         times.dispatched_ns = dispatched_ns
         self._release(seq, functools.partial(self._scatter, outputs, batch, times))
 
-    def _failed(self, seq: int, batch: list[Pending], exc: Exception, dispatched_ns: int) -> None:
+    def _answer_failure(
+        self, seq: int, batch: list[Pending], exc: Exception, dispatched_ns: int
+    ) -> None:
         if not isinstance(exc, ServingError):
             log.exception("model '%s' failed on a batch of %d", self._config.name, len(batch))
             exc = InternalError(f"model '{self._config.name}' failed to run: {exc}")
