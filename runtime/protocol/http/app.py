@@ -65,6 +65,12 @@ class Reply:
     status: int = 200
 
 
+def check_restriction(restriction: Restriction | None, headers: Mapping[str, str]) -> None:
+    """A restricted API needs its header with its value (PermissionDenied otherwise)."""
+    if restriction is not None and headers.get(restriction.key) != restriction.value:
+        raise PermissionDenied(f"This API is restricted, expecting header '{restriction.key}'")
+
+
 def guarded(endpoint: Endpoint, restriction: Restriction | None = None) -> Endpoint:
     """Turn errors into `{"error": ...}` with the status from the one error table.
 
@@ -74,13 +80,7 @@ def guarded(endpoint: Endpoint, restriction: Restriction | None = None) -> Endpo
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
         try:
-            if (
-                restriction is not None
-                and request.headers.get(restriction.key) != restriction.value
-            ):
-                raise PermissionDenied(
-                    f"This API is restricted, expecting header '{restriction.key}'"
-                )
+            check_restriction(restriction, request.headers)
             return await endpoint(request)
         except ServingError as exc:
             return error_response(exc)
@@ -328,11 +328,7 @@ class InferFirst:
         received_ns = time.monotonic_ns()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            restriction = self.restriction
-            if restriction is not None and headers.get(restriction.key) != restriction.value:
-                raise PermissionDenied(
-                    f"This API is restricted, expecting header '{restriction.key}'"
-                )
+            check_restriction(self.restriction, headers)
             body = await self.api.read_body(receive, headers.get("content-length"))
             if body is None:
                 return  # the client left; nobody to answer
