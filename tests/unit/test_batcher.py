@@ -495,14 +495,16 @@ def test_caller_cancelled_while_its_batch_runs_does_not_break_the_batch() -> Non
     run(body())
 
 
-def test_failing_run_fails_only_its_batch() -> None:
-    def explode_once(inputs: Mapping[str, np.ndarray]) -> Arrays:
-        if inputs["INPUT0"][0, 0] == 0:
-            raise RuntimeError("boom")
-        return double(inputs)
+def explode_on_zero(inputs: Mapping[str, np.ndarray]) -> Arrays:
+    """A model that fails any batch starting with the value 0 and doubles the rest."""
+    if inputs["INPUT0"][0, 0] == 0:
+        raise RuntimeError("boom")
+    return double(inputs)
 
+
+def test_failing_run_fails_only_its_batch() -> None:
     async def body() -> None:
-        model = FakeModel(explode_once)
+        model = FakeModel(explode_on_zero)
         recorder = Recorder()
         async with batcher_for(make_config(8), model, recorder) as batcher:
             failing = [submit(batcher, rows(1, 0)), submit(batcher, rows(2, 100))]
@@ -964,11 +966,6 @@ def test_slow_runs_stay_on_instance_threads() -> None:
 
 
 def test_failing_inline_run_fails_only_its_batch() -> None:
-    def explode_on_zero(inputs: Mapping[str, np.ndarray]) -> Arrays:
-        if inputs["INPUT0"][0, 0] == 0:
-            raise RuntimeError("boom")
-        return double(inputs)
-
     async def body() -> None:
         model = ThreadRecorder(explode_on_zero)
         recorder = Recorder()
