@@ -86,7 +86,8 @@ def warm_up() -> None:
         rows = np.zeros((2, 3), dtype)
         compiled.standardize(rows, np.zeros(3), np.ones(3))
         compiled.bucketize(rows, np.arange(3.0))
-        compiled.histogram(rows, np.zeros((3, 2)))
+        compiled.histogram(rows, np.zeros((3, 2)))  # features as the lanes
+        compiled.histogram(np.zeros((256, 1), dtype), np.zeros((1, 2)))  # rows as the lanes
         compiled.topk(rows, 2)
         compiled.nms(np.zeros((2, 4), dtype), np.ones(2, dtype), 0.5, 0.0)
     for image in (np.zeros((1, 2, 2, 3), np.uint8), np.zeros((1, 2, 2, 3), np.float32)):

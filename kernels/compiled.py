@@ -113,12 +113,13 @@ def _bucketize_loop(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.i
     return out
 
 
-def _histogram_loop(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.int64]:
-    # Counted per edge instead of searched per value: for sorted edges, the bin of v is the
-    # number of edges <= v, so bin k holds (values >= edge k-1) - (values >= edge k). Each
-    # count is a branch-free reduction over one column that LLVM vectorises, where a binary
-    # search per value branches unpredictably and its increments hit the same few counters
-    # (3x faster at 256 rows x 32 features). NaN is >= nothing and is left out of `valid`.
+def _histogram_columns_loop(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.int64]:
+    # Rows as the vector lanes, for few features and many rows. Counted per edge instead of
+    # searched per value: for sorted edges, the bin of v is the number of edges <= v, so bin k
+    # holds (values >= edge k-1) - (values >= edge k). Each count is a branch-free reduction
+    # over one column that LLVM vectorises, where a binary search per value branches
+    # unpredictably and its increments hit the same few counters (3x faster at 256 rows x 32
+    # features). NaN is >= nothing and is left out of `valid`.
     n, features = x.shape
     n_edges = edges.shape[1]
     counts = np.zeros((features, n_edges + 1), np.int64)
@@ -137,6 +138,91 @@ def _histogram_loop(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.i
                 at_least += col[i] >= edge
             counts[f, k] = above - at_least
             above = at_least
+        counts[f, n_edges] = above
+    return counts
+
+
+def _edges_up32_loop(edges: NDArray[np.float64]) -> NDArray[np.float32]:
+    """edges [F, K] -> [K, F] float32, each rounded up to the nearest float32 >= it.
+
+    For a float32 v and a float64 edge e, v >= e exactly when v >= up(e), so the compares can
+    run on float32 lanes (twice as many per instruction) without changing a single bin. One
+    step up is one step of the bit pattern away from zero for a positive float and towards it
+    for a negative one (-inf steps to -max); from either zero it is the smallest subnormal.
+    Done on the bits because np.nextafter is a libm call per edge (1.5 against 1.1 µs for
+    32 x 11 edges)."""
+    features, n_edges = edges.shape
+    out = np.empty((n_edges, features), np.float32)
+    bits = out.view(np.int32)
+    for f in range(features):
+        for k in range(n_edges):
+            e = edges[f, k]
+            r = np.float32(e)
+            out[k, f] = r
+            if np.float64(r) < e:  # never true for NaN, nor for r = +inf
+                if r == 0:
+                    bits[k, f] = 1
+                elif r > 0:
+                    bits[k, f] += 1
+                else:
+                    bits[k, f] -= 1
+    return out
+
+
+def _histogram_rows_loop(x: NDArray[Any], edges_t: NDArray[Any]) -> NDArray[np.int64]:
+    # Features as the vector lanes, for the usual drift batch (tens of features, up to a few
+    # hundred rows): one row's features against one edge are one masked compare, and eight rows
+    # are summed before their counter is loaded and stored, which amortises that memory
+    # traffic and the loop's entry checks (2.3x faster than the column layout at 256 x 32).
+    # edges_t is [K, F] in x's dtype; int32 counters are two vector lanes per int64 one.
+    n, features = x.shape
+    n_edges = edges_t.shape[0]
+    at_least = np.zeros((n_edges + 1, features), np.int32)  # last row: the non-NaN count
+    valid = at_least[n_edges]
+    whole = n - n % 8
+    for i in range(0, whole, 8):
+        block = x[i : i + 8]
+        for f in range(features):
+            s = np.int32(0)
+            for j in range(8):  # constant trip count: LLVM unrolls it, then vectorises over f
+                s += block[j, f] == block[j, f]
+            valid[f] += s
+        for k in range(n_edges):
+            acc = at_least[k]
+            edge = edges_t[k]
+            for f in range(features):
+                e = edge[f]
+                s = np.int32(0)
+                for j in range(8):
+                    s += block[j, f] >= e
+                acc[f] += s
+    for i in range(whole, n):
+        _count_row(x[i], edges_t, at_least)
+    return _bins_from_at_least(at_least)
+
+
+def _count_row_loop(row: NDArray[Any], edges_t: NDArray[Any], at_least: NDArray[np.int32]) -> None:
+    n_edges = edges_t.shape[0]
+    valid = at_least[n_edges]
+    for f in range(row.shape[0]):
+        valid[f] += row[f] == row[f]
+    for k in range(n_edges):
+        acc = at_least[k]
+        edge = edges_t[k]
+        for f in range(row.shape[0]):
+            acc[f] += row[f] >= edge[f]
+
+
+def _bins_from_at_least_loop(at_least: NDArray[np.int32]) -> NDArray[np.int64]:
+    """[K + 1, F] counts of values >= each edge (last row: non-NaN) -> bins [F, K + 1]."""
+    n_edges = at_least.shape[0] - 1
+    features = at_least.shape[1]
+    counts = np.empty((features, n_edges + 1), np.int64)
+    for f in range(features):
+        above = np.int64(at_least[n_edges, f])
+        for k in range(n_edges):
+            counts[f, k] = above - at_least[k, f]
+            above = np.int64(at_least[k, f])
         counts[f, n_edges] = above
     return counts
 
@@ -250,7 +336,25 @@ _normalize_image = _jit(_normalize_image_loop)
 _resize_bilinear = _jit(_resize_bilinear_loop)
 _one_hot = _jit(_one_hot_loop)
 _bucketize = _jit(_bucketize_loop)
-_histogram = _jit(_histogram_loop)
+_histogram_columns = _jit(_histogram_columns_loop)
+_histogram_rows = _jit(_histogram_rows_loop)
+_edges_up32 = _jit(_edges_up32_loop)
+_count_row = _jit(_count_row_loop)
+_bins_from_at_least = _jit(_bins_from_at_least_loop)
+
+
+# The edges are transposed inside compiled code: one dispatch from Python instead of two
+# (3.4 to 2.1 µs for one row).
+@_jit
+def _histogram_rows_f32(x: NDArray[np.float32], edges: NDArray[np.float64]) -> NDArray[np.int64]:
+    return _histogram_rows(x, _edges_up32(edges))
+
+
+@_jit
+def _histogram_rows_f64(x: NDArray[np.float64], edges: NDArray[np.float64]) -> NDArray[np.int64]:
+    return _histogram_rows(x, np.ascontiguousarray(edges.T))
+
+
 _softmax = _jit(_softmax_loop)
 _sigmoid = _jit(_sigmoid_loop)
 _topk = _jit(_topk_loop)
@@ -346,6 +450,9 @@ def bucketize(x: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
     return out.reshape(xf.shape)
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def histogram(x: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
     """x [N, F], edges [F, B+1] -> counts [F, B+2]; bin 0 underflow, B+1 overflow, NaN skipped."""
     xf = _float(x)
@@ -356,8 +463,22 @@ def histogram(x: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
         raise ValueError(
             f"histogram edges {list(e.shape)} must be [F, B+1] for x of {xf.shape[1]} features"
         )
-    out: NDArray[np.int64] = _histogram(xf, e)
+    n, features = xf.shape
+    out: NDArray[np.int64]
+    if (features < 8 and n >= 256) or n > _INT32_MAX:
+        # Too few features to fill the vector lanes (4 x 4,096: 6.0x NumPy by columns, 4.9x by
+        # rows), or more rows than an int32 counter holds.
+        out = _histogram_columns(xf, e)
+    else:
+        out = _histogram_by_rows(xf, e)
     return out
+
+
+def _histogram_by_rows(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.int64]:
+    """The features-as-lanes layout, with the edges transposed into x's dtype."""
+    if x.dtype.char == "f":
+        return _histogram_rows_f32(x, edges)
+    return _histogram_rows_f64(x, edges)
 
 
 def softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.float32]:

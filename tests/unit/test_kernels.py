@@ -128,19 +128,77 @@ def test_bucketize(x: Any, edges: Any) -> None:
     assert kernels.bucketize(x, edges).shape == want.shape
 
 
+def histogram_edges(n: int) -> st.SearchStrategy[Any]:
+    """Sorted float64 edges, many of them between two float32 values, some infinite or beyond
+    float32's range (the float32 layout rounds them up)."""
+    elements = st.one_of(
+        st.floats(-10, 10, width=32),
+        st.floats(-10, 10),
+        st.sampled_from([-np.inf, np.inf, 1e300, -1e300]),
+    )
+    return hnp.arrays(np.float64, n, elements=elements).map(np.sort)
+
+
+def histogram_layouts(x: Any, edges: Any) -> dict[str, Any]:
+    """The public kernel and each of its two layouts, whichever the shape would pick."""
+    xf = compiled._float(x)
+    return {
+        "public": kernels.histogram(x, edges),
+        "columns": compiled._histogram_columns(xf, edges),
+        "rows": compiled._histogram_by_rows(xf, edges),
+    }
+
+
 @CI
 @given(
-    x=st.tuples(st.integers(0, 10), st.integers(1, 4)).flatmap(float_arrays),
+    # Up to 20 rows: the rows layout sums blocks of 8 and then a remainder.
+    x=st.tuples(st.integers(0, 20), st.integers(1, 12)).flatmap(float_arrays),
     bins=st.integers(1, 6),
     data=st.data(),
 )
 def test_histogram(x: Any, bins: int, data: st.DataObject) -> None:
-    edges = np.stack([data.draw(sorted_edges(st.just(bins + 1))) for _ in range(x.shape[1])])
+    edges = np.stack([data.draw(histogram_edges(bins + 1)) for _ in range(x.shape[1])])
     want = reference.histogram(x, edges)
+    for layout, got in histogram_layouts(x, edges).items():
+        np.testing.assert_array_equal(got, want, err_msg=layout)
+        assert got.dtype == np.int64
     got = kernels.histogram(x, edges)
-    np.testing.assert_array_equal(got, want)
-    assert got.dtype == np.int64
     assert got.sum() == np.count_nonzero(~np.isnan(x))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_histogram_edges_between_float32_values(dtype: Any) -> None:
+    """1.0 lies above 1 - 1e-12 and below 1 + 1e-12. Rounding the edges to the nearest
+    float32 (1.0 both) would put it in the wrong bin; rounding up does not."""
+    x = np.full((300, 8), 1.0, dtype)
+    x[::3] = 0.5
+    edges = np.tile([-np.inf, 1 - 1e-12, 1.0, 1 + 1e-12, 1e300], (8, 1))
+    want = reference.histogram(x, edges)
+    assert want[0].tolist() == [0, 100, 0, 200, 0, 0]
+    for layout, got in histogram_layouts(x, edges).items():
+        np.testing.assert_array_equal(got, want, err_msg=layout)
+
+
+def test_edges_rounded_up_to_float32() -> None:
+    """Each edge becomes the smallest float32 at or above it, also at zero, the subnormals,
+    beyond float32's range and at the infinities, and transposed to [K, F]."""
+    edges = np.array(
+        [-np.inf, -1e300, -3.5e38, -1.0 - 1e-12, -1e-50, -0.0, 0.0, 1e-50, 1e-40, 1 - 1e-12,
+         1.0, 1 + 1e-12, 3.5e38, 1e300, np.inf, np.nan]
+    )  # fmt: skip
+    with np.errstate(over="ignore"):
+        nearest = edges.astype(np.float32)
+    want = np.where(nearest < edges, np.nextafter(nearest, np.float32(np.inf)), nearest)
+    got = compiled._edges_up32(np.stack([edges, edges[::-1]]))
+    np.testing.assert_array_equal(got, np.stack([want, want[::-1]]).T)
+    numbers = ~np.isnan(edges)
+    assert (got[numbers, 0].astype(np.float64) >= edges[numbers]).all()
+
+
+def test_histogram_many_rows_few_features() -> None:
+    x = np.random.default_rng(0).normal(size=(4096, 2))
+    edges = np.tile(np.linspace(-2, 2, 11), (2, 1))
+    np.testing.assert_array_equal(kernels.histogram(x, edges), reference.histogram(x, edges))
 
 
 @CI
