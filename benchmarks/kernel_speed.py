@@ -4,6 +4,9 @@
 
 Median microseconds per call after warm-up. "Batch" is rows (images for the image ops, candidate
 boxes for NMS). Writes benchmarks/results/kernels.json and prints the table.
+
+Named kernel_speed.py, not kernels.py: Python puts a script's own folder first on sys.path,
+so a benchmarks/kernels.py would be what `import kernels` finds in every script here.
 """
 
 from __future__ import annotations
