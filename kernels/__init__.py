@@ -89,6 +89,7 @@ def warm_up() -> None:
         compiled.histogram(rows, np.zeros((3, 2)))  # features as the lanes
         compiled.histogram(np.zeros((256, 1), dtype), np.zeros((1, 2)))  # rows as the lanes
         compiled.topk(rows, 2)
+        compiled.argmax_add(rows, np.zeros(3, np.int64))  # the drift monitor's class count
         compiled.nms(np.zeros((2, 4), dtype), np.ones(2, dtype), 0.5, 0.0)
     for image in (np.zeros((1, 2, 2, 3), np.uint8), np.zeros((1, 2, 2, 3), np.float32)):
         compiled.resize_bilinear(image, 3, 3)

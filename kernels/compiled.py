@@ -113,7 +113,9 @@ def _bucketize_loop(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.i
     return out
 
 
-def _histogram_columns_loop(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.int64]:
+def _histogram_columns_loop(
+    x: NDArray[Any], edges: NDArray[np.float64], counts: NDArray[np.int64]
+) -> None:
     # Rows as the vector lanes, for few features and many rows. Counted per edge instead of
     # searched per value: for sorted edges, the bin of v is the number of edges <= v, so bin k
     # holds (values >= edge k-1) - (values >= edge k). Each count is a branch-free reduction
@@ -122,7 +124,6 @@ def _histogram_columns_loop(x: NDArray[Any], edges: NDArray[np.float64]) -> NDAr
     # features). NaN is >= nothing and is left out of `valid`.
     n, features = x.shape
     n_edges = edges.shape[1]
-    counts = np.zeros((features, n_edges + 1), np.int64)
     col = np.empty(n, np.float64)
     for f in range(features):
         valid = 0
@@ -136,10 +137,9 @@ def _histogram_columns_loop(x: NDArray[Any], edges: NDArray[np.float64]) -> NDAr
             at_least = 0
             for i in range(n):
                 at_least += col[i] >= edge
-            counts[f, k] = above - at_least
+            counts[f, k] += above - at_least
             above = at_least
-        counts[f, n_edges] = above
-    return counts
+        counts[f, n_edges] += above
 
 
 def _edges_up32_loop(edges: NDArray[np.float64]) -> NDArray[np.float32]:
@@ -169,7 +169,7 @@ def _edges_up32_loop(edges: NDArray[np.float64]) -> NDArray[np.float32]:
     return out
 
 
-def _histogram_rows_loop(x: NDArray[Any], edges_t: NDArray[Any]) -> NDArray[np.int64]:
+def _histogram_rows_loop(x: NDArray[Any], edges_t: NDArray[Any], counts: NDArray[np.int64]) -> None:
     # Features as the vector lanes, for the usual drift batch (tens of features, up to a few
     # hundred rows): one row's features against one edge are one masked compare, and eight rows
     # are summed before their counter is loaded and stored, which amortises that memory
@@ -198,7 +198,7 @@ def _histogram_rows_loop(x: NDArray[Any], edges_t: NDArray[Any]) -> NDArray[np.i
                 acc[f] += s
     for i in range(whole, n):
         _count_row(x[i], edges_t, at_least)
-    return _bins_from_at_least(at_least)
+    _add_bins(at_least, counts)
 
 
 def _count_row_loop(row: NDArray[Any], edges_t: NDArray[Any], at_least: NDArray[np.int32]) -> None:
@@ -213,18 +213,32 @@ def _count_row_loop(row: NDArray[Any], edges_t: NDArray[Any], at_least: NDArray[
             acc[f] += row[f] >= edge[f]
 
 
-def _bins_from_at_least_loop(at_least: NDArray[np.int32]) -> NDArray[np.int64]:
-    """[K + 1, F] counts of values >= each edge (last row: non-NaN) -> bins [F, K + 1]."""
+def _add_bins_loop(at_least: NDArray[np.int32], counts: NDArray[np.int64]) -> None:
+    """[K + 1, F] counts of values >= each edge (last row: non-NaN), added to bins [F, K + 1]."""
     n_edges = at_least.shape[0] - 1
-    features = at_least.shape[1]
-    counts = np.empty((features, n_edges + 1), np.int64)
-    for f in range(features):
+    for f in range(at_least.shape[1]):
         above = np.int64(at_least[n_edges, f])
         for k in range(n_edges):
-            counts[f, k] = above - at_least[k, f]
+            counts[f, k] += above - at_least[k, f]
             above = np.int64(at_least[k, f])
-        counts[f, n_edges] = above
-    return counts
+        counts[f, n_edges] += above
+
+
+def _argmax_add_loop(scores: NDArray[Any], counts: NDArray[np.int64]) -> None:
+    # Each row's first maximum, or its first NaN, as np.argmax picks.
+    for i in range(scores.shape[0]):
+        best = 0
+        top = scores[i, 0]
+        if top == top:
+            for j in range(1, scores.shape[1]):
+                v = scores[i, j]
+                if v != v:
+                    best = j
+                    break
+                if v > top:
+                    top = v
+                    best = j
+        counts[best] += 1
 
 
 def _softmax_loop(x: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -340,19 +354,24 @@ _histogram_columns = _jit(_histogram_columns_loop)
 _histogram_rows = _jit(_histogram_rows_loop)
 _edges_up32 = _jit(_edges_up32_loop)
 _count_row = _jit(_count_row_loop)
-_bins_from_at_least = _jit(_bins_from_at_least_loop)
+_add_bins = _jit(_add_bins_loop)
+_argmax_add = _jit(_argmax_add_loop)
 
 
 # The edges are transposed inside compiled code: one dispatch from Python instead of two
 # (3.4 to 2.1 µs for one row).
 @_jit
-def _histogram_rows_f32(x: NDArray[np.float32], edges: NDArray[np.float64]) -> NDArray[np.int64]:
-    return _histogram_rows(x, _edges_up32(edges))
+def _histogram_rows_f32(
+    x: NDArray[np.float32], edges: NDArray[np.float64], counts: NDArray[np.int64]
+) -> None:
+    _histogram_rows(x, _edges_up32(edges), counts)
 
 
 @_jit
-def _histogram_rows_f64(x: NDArray[np.float64], edges: NDArray[np.float64]) -> NDArray[np.int64]:
-    return _histogram_rows(x, np.ascontiguousarray(edges.T))
+def _histogram_rows_f64(
+    x: NDArray[np.float64], edges: NDArray[np.float64], counts: NDArray[np.int64]
+) -> None:
+    _histogram_rows(x, np.ascontiguousarray(edges.T), counts)
 
 
 _softmax = _jit(_softmax_loop)
@@ -455,6 +474,26 @@ _INT32_MAX = 2**31 - 1
 
 def histogram(x: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
     """x [N, F], edges [F, B+1] -> counts [F, B+2]; bin 0 underflow, B+1 overflow, NaN skipped."""
+    xf, e = _histogram_args(x, edges)
+    out = np.zeros((e.shape[0], e.shape[1] + 1), np.int64)
+    _histogram_add(xf, e, out)
+    return out
+
+
+def histogram_add(x: ArrayLike, edges: ArrayLike, counts: NDArray[np.int64]) -> None:
+    """Add histogram(x, edges) into counts, an int64 [F, B+2] C-order array (the drift
+    monitor's open window), without allocating the counts of one batch."""
+    xf, e = _histogram_args(x, edges)
+    shape = (e.shape[0], e.shape[1] + 1)
+    if counts.shape != shape or counts.dtype != np.int64 or not counts.flags.c_contiguous:
+        raise ValueError(
+            f"histogram counts must be a C-order int64 array of shape {list(shape)}, "
+            f"got {counts.dtype} {list(counts.shape)}"
+        )
+    _histogram_add(xf, e, counts)
+
+
+def _histogram_args(x: ArrayLike, edges: ArrayLike) -> tuple[NDArray[Any], NDArray[np.float64]]:
     xf = _float(x)
     e = _f64(edges)
     _require_ndim(xf, 2, "histogram's x")
@@ -463,22 +502,32 @@ def histogram(x: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
         raise ValueError(
             f"histogram edges {list(e.shape)} must be [F, B+1] for x of {xf.shape[1]} features"
         )
-    n, features = xf.shape
-    out: NDArray[np.int64]
+    return xf, e
+
+
+def _histogram_add(x: NDArray[Any], edges: NDArray[np.float64], counts: NDArray[np.int64]) -> None:
+    n, features = x.shape
     if (features < 8 and n >= 256) or n > _INT32_MAX:
         # Too few features to fill the vector lanes (4 x 4,096: 6.0x NumPy by columns, 4.9x by
         # rows), or more rows than an int32 counter holds.
-        out = _histogram_columns(xf, e)
+        _histogram_columns(x, edges, counts)
+    elif x.dtype.char == "f":
+        _histogram_rows_f32(x, edges, counts)
     else:
-        out = _histogram_by_rows(xf, e)
-    return out
+        _histogram_rows_f64(x, edges, counts)
 
 
-def _histogram_by_rows(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.int64]:
-    """The features-as-lanes layout, with the edges transposed into x's dtype."""
-    if x.dtype.char == "f":
-        return _histogram_rows_f32(x, edges)
-    return _histogram_rows_f64(x, edges)
+def argmax_add(scores: ArrayLike, counts: NDArray[np.int64]) -> None:
+    """Add one to counts[argmax(row)] for each row of scores [N, C] (NaN wins, as in
+    np.argmax); counts is int64 [C]."""
+    s = _float(scores)
+    _require_ndim(s, 2, "argmax_add's scores")
+    if counts.shape != (s.shape[1],) or counts.dtype != np.int64 or s.shape[1] < 1:
+        raise ValueError(
+            f"argmax_add counts must be int64 [{s.shape[1]}] for scores of {s.shape[1]} "
+            f"columns, got {counts.dtype} {list(counts.shape)}"
+        )
+    _argmax_add(s, counts)
 
 
 def softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.float32]:

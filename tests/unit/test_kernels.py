@@ -140,12 +140,26 @@ def histogram_edges(n: int) -> st.SearchStrategy[Any]:
 
 
 def histogram_layouts(x: Any, edges: Any) -> dict[str, Any]:
-    """The public kernel and each of its two layouts, whichever the shape would pick."""
+    """The public kernel, each of its two layouts whichever the shape would pick, and
+    histogram_add into counts that already hold one in every bin."""
     xf = compiled._float(x)
+    shape = (edges.shape[0], edges.shape[1] + 1)
+    columns, rows, added = (
+        np.zeros(shape, np.int64),
+        np.zeros(shape, np.int64),
+        np.ones(shape, np.int64),
+    )
+    compiled._histogram_columns(xf, edges, columns)
+    by_rows = (
+        compiled._histogram_rows_f32 if xf.dtype == np.float32 else compiled._histogram_rows_f64
+    )
+    by_rows(xf, edges, rows)
+    compiled.histogram_add(x, edges, added)
     return {
         "public": kernels.histogram(x, edges),
-        "columns": compiled._histogram_columns(xf, edges),
-        "rows": compiled._histogram_by_rows(xf, edges),
+        "columns": columns,
+        "rows": rows,
+        "add": added - 1,
     }
 
 
@@ -193,6 +207,16 @@ def test_edges_rounded_up_to_float32() -> None:
     np.testing.assert_array_equal(got, np.stack([want, want[::-1]]).T)
     numbers = ~np.isnan(edges)
     assert (got[numbers, 0].astype(np.float64) >= edges[numbers]).all()
+
+
+@CI
+@given(scores=st.tuples(st.integers(0, 12), st.integers(1, 5)).flatmap(float_arrays))
+def test_argmax_add_counts_what_np_argmax_picks(scores: Any) -> None:
+    """Ties go to the first maximum and NaN wins, as in np.argmax."""
+    counts = np.full(scores.shape[1], 2, np.int64)
+    compiled.argmax_add(scores, counts)
+    want = np.bincount(np.argmax(scores, axis=1), minlength=scores.shape[1]) if len(scores) else 0
+    np.testing.assert_array_equal(counts, want + 2)
 
 
 def test_histogram_many_rows_few_features() -> None:
@@ -308,6 +332,18 @@ def test_warm_up_runs() -> None:
         (lambda: compiled.one_hot(np.zeros(2, np.int64), -1), "n >= 0"),
         (lambda: compiled.histogram(np.zeros((4, 3)), np.zeros((2, 5))), r"\[F, B\+1\]"),
         (lambda: compiled.histogram(np.zeros(4), np.zeros((1, 5))), "2 dimensions"),
+        (
+            lambda: compiled.histogram_add(
+                np.zeros((4, 3)), np.zeros((3, 5)), np.zeros((3, 5), np.int64)
+            ),
+            r"int64 array of shape \[3, 6\]",
+        ),
+        (
+            lambda: compiled.histogram_add(np.zeros((4, 3)), np.zeros((3, 5)), np.zeros((3, 6))),
+            "got float64",
+        ),
+        (lambda: compiled.argmax_add(np.zeros((4, 3)), np.zeros(2, np.int64)), r"int64 \[3\]"),
+        (lambda: compiled.argmax_add(np.zeros(4), np.zeros(4, np.int64)), "2 dimensions"),
     ],
 )
 def test_kernels_refuse_shapes_they_would_read_past(call: Any, match: str) -> None:
