@@ -1,6 +1,7 @@
-"""What leaving the drift monitor on costs: the MLP over gRPC at concurrency 32, on vs off.
+"""What leaving the drift monitor on costs: the MLP at concurrency 32, on vs off.
 
-    .venv/bin/python benchmarks/drift_cost.py [--duration 2] [--rounds 16] [--control]
+    .venv/bin/python benchmarks/drift_cost.py [--protocol grpc|http] [--duration 2]
+        [--rounds 16] [--control]
 
 One server holds two copies of the bundled MLP (64-256-256-10), identical except that
 `mlp_drift` carries a drift profile of its inputs and `mlp_plain` none. Rounds alternate
@@ -8,7 +9,7 @@ between them (plain, drift, plain, ...) so that the machine's drift in speed fal
 both alike; the median ratio of the two adjacent measurements of each round is the
 cost, and `--control` (no monitor on either) shows how far two identical models differ
 here. The window is set to 1000 rows so that windows close and are judged during the
-run. Writes benchmarks/results/drift_cost.json and prints a table.
+run. Writes benchmarks/results/drift_cost[_http].json and prints a table.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from rich.table import Table
 from serverproc import ServerProcess, batch_delta
 
 from runtime.examples import mlp_model
-from runtime.loadtest.client import grpc_request_bytes, run_grpc
+from runtime.loadtest.client import grpc_request_bytes, http_request_bytes, run_grpc, run_http
 from runtime.monitoring import profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,11 +68,19 @@ def build_repository(root: Path, control: bool) -> Path:
     return root
 
 
-async def measure(server: ServerProcess, model: str, duration: float) -> dict[str, Any]:
-    request = grpc_request_bytes(model, {"INPUT0": inputs(1, seed=1)}, {"INPUT0": "FP32"})
+async def measure(
+    server: ServerProcess, model: str, duration: float, protocol: str
+) -> dict[str, Any]:
+    tensors, types = {"INPUT0": inputs(1, seed=1)}, {"INPUT0": "FP32"}
     before = server.stats(model)
     cpu0 = server.cpu_s()
-    step = await run_grpc(f"127.0.0.1:{server.grpc_port}", request, CONCURRENCY, duration, 1.0)
+    if protocol == "http":
+        request = http_request_bytes("127.0.0.1", model, tensors, types)
+        step = await run_http("127.0.0.1", server.http_port, request, CONCURRENCY, duration, 1.0)
+    else:
+        request = grpc_request_bytes(model, tensors, types)
+        url = f"127.0.0.1:{server.grpc_port}"
+        step = await run_grpc(url, request, CONCURRENCY, duration, 1.0)
     cpu = server.cpu_s() - cpu0
     row = {"model": model, **step.summary(), **batch_delta(before, server.stats(model))}
     row["server_cpu_us_per_req"] = cpu / max(step.requests, 1) * 1e6
@@ -93,7 +102,7 @@ async def run(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]
     for i in range(args.rounds):
         # Alternate which model goes first, so that an order effect falls on both.
         for model in MODELS if i % 2 == 0 else MODELS[::-1]:
-            rows.append(await measure(server, model, args.duration))
+            rows.append(await measure(server, model, args.duration, args.protocol))
     by_model = {m: [r for r in rows if r["model"] == m] for m in MODELS}
     mean = {m: statistics.fmean(r["throughput_rps"] for r in by_model[m]) for m in MODELS}
     cpu = {m: statistics.fmean(r["server_cpu_us_per_req"] for r in by_model[m]) for m in MODELS}
@@ -123,8 +132,11 @@ def main() -> None:
         action="store_true",
         help="A/A run: neither model has a monitor, to show the noise between the two",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/drift_cost.json")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--out", type=Path, help="default: results/drift_cost[_http].json")
     args = parser.parse_args()
+    suffix = "_http" if args.protocol == "http" else ""
+    args.out = args.out or ROOT / f"benchmarks/results/drift_cost{suffix}.json"
     repo = build_repository(Path(tempfile.mkdtemp()) / "repo", args.control)
     server = ServerProcess(repo, "--drift-window-samples", "1000")
     try:
@@ -134,9 +146,11 @@ def main() -> None:
     report["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}"
     report["duration_s"] = args.duration
     report["control"] = args.control
+    report["protocol"] = args.protocol
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    table = Table(title=f"MLP over gRPC, concurrency {CONCURRENCY}: drift monitor off vs on")
+    over = "HTTP" if args.protocol == "http" else "gRPC"
+    table = Table(title=f"MLP over {over}, concurrency {CONCURRENCY}: drift monitor off vs on")
     for label in ("model", "req/s", "p50 ms", "p99 ms", "avg batch", "server CPU µs/req"):
         table.add_column(label, justify="right")
     for r in report["rounds"]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime import config as cfg
 from runtime import repository, snapshot
-from runtime.batching.batcher import BatchObserver, DynamicBatcher, ObserverGroup
+from runtime.batching.batcher import BatchObserver, DynamicBatcher, ObserverGroup, TapFn
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput, NotFound, Unavailable
 from runtime.monitoring.autoscale import AutoscalePolicy, LoadWindow
@@ -376,31 +376,28 @@ class Registry:
         extra = self.observers_for(name, version) if self.observers_for is not None else []
         batcher = DynamicBatcher(
             loaded.config,
-            _tapped(loaded.batch_function(), loaded.drift),
+            loaded.batch_function(),
             ObserverGroup([stats, load, *extra]),
             self.default_max_queue_size,
             # Device runs keep per-thread pinned buffers: those stay on the instance threads.
             inline=loaded.device_run is None,
+            tap=_watched_by(loaded.drift),
         )
         return ModelVersion(
             name, version, loaded.config, loaded, batcher, stats, load, (stats, load, *extra)
         )
 
 
-RunBatch = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-def _tapped(run: RunBatch, monitor: DriftMonitor | None) -> RunBatch:
-    """The batch function, with the drift monitor binning what clients sent and got back."""
+def _watched_by(monitor: DriftMonitor | None) -> TapFn | None:
+    """The drift monitor's view of each batch, what clients sent and got back; its failures
+    are logged and never fail the requests it watches."""
     if monitor is None:
-        return run
+        return None
 
-    def tapped(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = run(inputs)
+    def watch(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
         try:
             monitor.observe(inputs, outputs)
-        except Exception:  # watching must never fail the requests it watches
+        except Exception:
             log.exception("drift monitor of %s v%s failed", monitor.model_name, monitor.version)
-        return outputs
 
-    return tapped
+    return watch

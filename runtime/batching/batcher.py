@@ -28,6 +28,8 @@ from runtime.errors import Cancelled, InternalError, Rejected, ServingError, Una
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+# Sees each successful batch's inputs and outputs after the run (the drift monitor).
+TapFn = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None]
 
 
 @dataclass(slots=True)
@@ -106,10 +108,12 @@ class DynamicBatcher:
         observer: BatchObserver,
         default_max_queue_size: int = 0,
         inline: bool = True,
+        tap: TapFn | None = None,
     ) -> None:
         self._config = config
         self._batching = config.batching
         self._run_model = run
+        self._tap = tap
         self._observer = observer
         self._queue = PriorityQueue(config.batching, default_max_queue_size)
         self._max_rows = config.max_batch_size if config.batching.enabled else 0
@@ -401,6 +405,11 @@ class DynamicBatcher:
                         f"model '{self._config.name}' returned output '{name}' with shape "
                         f"{list(arr.shape)} for a batch of {rows} rows"
                     )
+        if self._tap is not None:
+            # Outside the timed run: a monitor neither counts as compute in the statistics
+            # nor moves a model off inline runs (a 7 µs drift tap took the MLP's batches of
+            # 16 over the 100 µs mark, onto threads: 11% fewer requests over HTTP).
+            self._tap(inputs, outputs)
         return outputs, BatchTimes(rows, t1 - t0, t2 - t1, 0)
 
     def _scatter(

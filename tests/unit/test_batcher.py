@@ -965,6 +965,35 @@ def test_slow_runs_stay_on_instance_threads() -> None:
     run(body())
 
 
+def test_a_slow_tap_sees_each_batch_without_moving_runs_off_the_loop() -> None:
+    """The tap (the drift monitor) gets every batch's inputs and outputs, and its time is not
+    the model's: a 2 ms tap behind a fast model leaves the runs inline."""
+    seen: list[tuple[Arrays, Arrays]] = []
+
+    def slow_tap(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        threading.Event().wait(0.002)
+        seen.append((dict(inputs), dict(outputs)))
+
+    async def body() -> None:
+        model = ThreadRecorder()
+        loop_thread = threading.get_ident()
+        batcher = DynamicBatcher(inline_config(1000), model, Recorder(), 0, True, slow_tap)
+        batcher.start()
+        sent = [rows(1, i) for i in range(4)]
+        try:
+            for data in sent:
+                await check_own_rows([submit(batcher, data)], [data])
+        finally:
+            await batcher.stop()
+        assert model.threads[1:] == [loop_thread] * 3
+        assert len(seen) == 4
+        for data, (inputs, outputs) in zip(sent, seen, strict=True):
+            np.testing.assert_array_equal(inputs["INPUT0"], data["INPUT0"])
+            np.testing.assert_array_equal(outputs["OUTPUT0"], data["INPUT0"] * 2)
+
+    run(body())
+
+
 def test_failing_inline_run_fails_only_its_batch() -> None:
     async def body() -> None:
         model = ThreadRecorder(explode_on_zero)
