@@ -121,6 +121,7 @@ def load_version(
         pipeline = pipe.build(settings.pipeline, path.parent, model_config)
         client_config = pipe.client_config(settings.pipeline, pipeline, model_config)
         monitor = _drift_monitor(client_config, version, path.parent, settings, drift_defaults)
+        warm_kernels(client_config, monitor)
     except BaseException:
         backend.close()
         raise
@@ -197,6 +198,19 @@ def _zeros(spec: TensorSpec, batched: bool) -> np.ndarray:
     if spec.datatype == "BYTES":
         return np.full(shape, b"", dtype=object)
     return np.zeros(shape, dtype=tensors.numpy_dtype(spec.datatype))
+
+
+def warm_kernels(config: ModelConfig, monitor: drift.DriftMonitor | None) -> None:
+    """Run, on zeros of the tensors clients send and get, the Numba kernels a request or a
+    batch may call outside the pipeline (whose steps warm themselves): the classification
+    extension's topk on each float output, and the drift monitor's."""
+    inputs = {s.name: _zeros(s, config.batched) for s in config.inputs}
+    outputs = {s.name: _zeros(s, config.batched) for s in config.outputs}
+    for arr in outputs.values():
+        if arr.dtype.kind == "f" and arr.size:
+            tensors.classify(arr, 1, None, config.batched)
+    if monitor is not None:
+        monitor.warm(inputs, outputs)
 
 
 def warm_up(backend: OnnxBackend, config: ModelConfig) -> None:

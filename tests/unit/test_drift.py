@@ -291,6 +291,31 @@ def test_label_outputs_count_and_misfit_scores_are_ignored(gaussian: ReferencePr
     assert m.report()["last_window"]["class_distance"] is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_warm_runs_the_kernels_without_touching_the_window(
+    gaussian: ReferenceProfile, dtype: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """warm() calls observe's kernels on the model's tensors (so the first batch pays no
+    compile), but counts nothing: the next window holds only what observe saw."""
+    calls: list[tuple[str, Any]] = []
+    for name in ("histogram_add", "argmax_add"):
+        real = getattr(drift.compiled, name)
+
+        def recording(x: Any, *rest: Any, _name: str = name, _real: Any = real) -> None:
+            calls.append((_name, np.asarray(x).dtype))
+            _real(x, *rest)
+
+        monkeypatch.setattr(drift.compiled, name, recording)
+    m = monitor(gaussian, window_samples=300)
+    m.warm({"x": np.zeros((1, FEATURES), dtype)}, {"y": np.zeros((1, CLASSES), np.float32)})
+    assert calls == [("histogram_add", np.dtype(dtype)), ("argmax_add", np.dtype(np.float32))]
+    m.warm({"x": np.zeros((1, FEATURES + 1), dtype)}, {})  # does not fit: nothing, silently
+    assert m.batches_skipped == 0
+    assert not m._window.counts.any()
+    assert not m._window.classes.any()
+    assert not m._window.rows
+
+
 def test_integer_label_outputs_are_classes_already() -> None:
     assert drift.predicted_classes(np.array([3, 1, 2])).tolist() == [3, 1, 2]
     assert drift.predicted_classes(np.array([[0.1, 0.9], [0.8, 0.2]])).tolist() == [1, 0]

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from runtime import repository
+from runtime import repository, tensors
 from runtime.config import ConfigError, read_config_file
+from runtime.monitoring import profile
+from runtime.monitoring.drift import DriftMonitor
 from runtime.proto import model_config_pb2 as pb
 from tests import models
 
@@ -88,6 +90,33 @@ def test_load_version_add_sub(tmp_path: Path) -> None:
     out = loaded.backend.run({"INPUT0": a, "INPUT1": b}, ["OUTPUT0", "OUTPUT1"])
     np.testing.assert_array_equal(out["OUTPUT0"], a + b)
     np.testing.assert_array_equal(out["OUTPUT1"], a - b)
+
+
+def test_load_version_warms_the_kernels_requests_and_batches_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No request pays a Numba compile or cache load: the classification extension's topk
+    (each float output) and the drift monitor's kernels run on zeros at load."""
+    model_dir = models.add_sub_fp32(tmp_path)
+    rows = np.random.default_rng(0).normal(size=(500, 4))
+    profile.save(profile.build(rows, "INPUT0"), model_dir / "1" / profile.FILENAME)
+    classified: list[tuple[tuple[int, ...], np.dtype]] = []
+    warmed: list[dict[str, tuple[int, ...]]] = []
+    real_classify = tensors.classify
+
+    def classify(arr: np.ndarray, *args: object) -> np.ndarray:
+        classified.append((arr.shape, arr.dtype))
+        return real_classify(arr, *args)  # type: ignore[arg-type]
+
+    def warm(self: DriftMonitor, inputs: dict[str, np.ndarray], outputs: object) -> None:
+        warmed.append({k: v.shape for k, v in inputs.items()})
+
+    monkeypatch.setattr(tensors, "classify", classify)
+    monkeypatch.setattr(DriftMonitor, "warm", warm)
+    loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+    assert loaded.drift is not None
+    assert classified == [((1, 4), np.dtype(np.float32))] * 2  # OUTPUT0 and OUTPUT1
+    assert warmed == [{"INPUT0": (1, 4), "INPUT1": (1, 4)}]
 
 
 def test_load_version_completes_a_missing_config(tmp_path: Path) -> None:
