@@ -295,6 +295,11 @@ def client_config(spec: PipelineSpec, pipeline: Pipeline, config: ModelConfig) -
         ) from exc
     for model_input in config.inputs:
         _check_fed(model_input, fed[model_input.name], config.batched)
+    # Raw gRPC and binary HTTP tensors are read-only views of the request bytes, which Numba
+    # compiles separately: warm that signature too, or the first such request pays for it.
+    for feed in feeds.values():
+        feed.flags.writeable = False
+    pipeline.run_pre(feeds)
     zeros = {t.name: _zeros(t, config.batched) for t in config.outputs}
     try:
         done = pipeline.run_post(zeros)

@@ -38,6 +38,7 @@ OK: Final = 0
 WARN: Final = 1
 ALERT: Final = 2
 WORST_FEATURES = 5
+BUFFER_BYTES = 64 * 1024
 STATISTICS = ("psi", "js", "ks")
 
 
@@ -313,9 +314,15 @@ class DriftMonitor:
         self._clock = clock
         self._wall_offset_s = time.time() - clock()
         self._classes = int(profile.class_proportions.size) if profile.output_name else 0
+        self._features = profile.features
         self._batches = itertools.count()
         self._lock = threading.Lock()  # the open window and the pending deque
         self._window = self._new_window()
+        # Rows of the open window not yet binned: at most BUFFER_BYTES of float32 (float64
+        # for other inputs), and at most 256 rows.
+        rows = min(max(BUFFER_BYTES // (4 * profile.features), 1), 256)
+        self._buffer = np.empty((rows, profile.features), np.float32)
+        self._buffered = 0
         self._pending: deque[_Window] = deque(maxlen=settings.ring)
         self._judge_lock = threading.Lock()  # everything below
         self._ring: deque[WindowResult] = deque(maxlen=settings.ring)
@@ -335,10 +342,13 @@ class DriftMonitor:
     # -- hot path
 
     def observe(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
-        """Bin one executed batch into the open window (every k-th batch when `every` > 1).
+        """Add one executed batch to the open window (every k-th batch when `every` > 1).
 
-        The kernels add straight into the window's counts, under the lock, so a batch's own
-        counts are never allocated (6.9 to 5.3 µs per one-row batch of 32 features)."""
+        Small batches are copied into a buffer of a few hundred rows and binned together
+        when it fills or the window closes: in a loaded server each call of the histogram
+        kernel finds its edges and counts out of cache, and cost 18 µs of CPU for a one-row
+        batch of 64 features against 4.5 µs in a tight loop. Batches as large as the buffer
+        are binned directly, into the window's counts."""
         if next(self._batches) % self.settings.every:
             return
         rows = self._rows(inputs.get(self.profile.input_name))
@@ -353,12 +363,33 @@ class DriftMonitor:
                 window = self._close(now)  # its time ran out before this batch came
             if not window.rows:
                 window.opened = now
-            compiled.histogram_add(rows, self.profile.edges, window.counts)
+            self._bin(rows, window)
             if scores is not None:
                 self._add_classes(scores, window.classes)
             window.rows += n
             if window.rows >= self.settings.window_samples:
                 self._close(now)
+
+    def _bin(self, rows: np.ndarray, window: _Window) -> None:
+        """Buffer the rows, or bin them when they fill the buffer (lock held)."""
+        n = rows.shape[0]
+        if (rows.dtype.char == "f") != (self._buffer.dtype.char == "f"):
+            self._flush(window)
+            dtype = np.float32 if rows.dtype.char == "f" else np.float64
+            self._buffer = np.empty_like(self._buffer, dtype=dtype)
+        if self._buffered + n > len(self._buffer):
+            self._flush(window)
+        if n >= len(self._buffer):
+            compiled.histogram_add(rows, self.profile.edges, window.counts)
+            return
+        self._buffer[self._buffered : self._buffered + n] = rows
+        self._buffered += n
+
+    def _flush(self, window: _Window) -> None:
+        if self._buffered:
+            buffered = self._buffer[: self._buffered]
+            compiled.histogram_add(buffered, self.profile.edges, window.counts)
+            self._buffered = 0
 
     def warm(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
         """Run observe's kernels once on tensors shaped and typed as the model's (zeros), into
@@ -368,13 +399,22 @@ class DriftMonitor:
         features = self.profile.features
         if x is not None and x.ndim and x.dtype.kind in "biuf" and x.size == len(x) * features:
             counts = np.zeros_like(self._window.counts)
-            compiled.histogram_add(x.reshape(len(x), features), self.profile.edges, counts)
+            rows = x.reshape(len(x), features)
+            compiled.histogram_add(rows, self.profile.edges, counts)
+            # Raw gRPC and binary HTTP tensors are read-only views of the request bytes, a
+            # separate Numba signature; large batches of them are binned without a copy.
+            read_only = rows.copy()
+            read_only.flags.writeable = False
+            compiled.histogram_add(read_only, self.profile.edges, counts)
         scores = self._class_scores(outputs, len(x)) if self._classes and x is not None else None
         if scores is not None:
             self._add_classes(scores, np.zeros_like(self._window.classes))
 
     def _rows(self, x: np.ndarray | None) -> np.ndarray | None:
         """The profile's input as [N, F], or None (counted, logged once) when it does not fit."""
+        fits = x is not None and x.ndim == 2 and x.shape[1] == self._features
+        if fits and x.dtype.kind in "biuf":  # type: ignore[union-attr]
+            return x  # already [N, F]: no reshape (a third of this method's time)
         if x is None or x.ndim == 0 or x.dtype.kind not in "biuf":
             why = f"no numeric input '{self.profile.input_name}'"
         elif x.size != x.shape[0] * self.profile.features:
@@ -411,6 +451,7 @@ class DriftMonitor:
 
     def _close(self, now: float) -> _Window:
         """Hand the open window to `tick` and open a fresh one (lock held)."""
+        self._flush(self._window)
         self._window.closed = now
         if len(self._pending) == self._pending.maxlen:
             self.windows_dropped += 1

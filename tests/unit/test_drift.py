@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import kernels
 from runtime.monitoring import drift
 from runtime.monitoring import profile as profiles
 from runtime.monitoring.drift import DriftMonitor, DriftSettings
@@ -295,25 +296,63 @@ def test_label_outputs_count_and_misfit_scores_are_ignored(gaussian: ReferencePr
 def test_warm_runs_the_kernels_without_touching_the_window(
     gaussian: ReferenceProfile, dtype: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """warm() calls observe's kernels on the model's tensors (so the first batch pays no
-    compile), but counts nothing: the next window holds only what observe saw."""
+    """warm() calls observe's kernels on the model's tensors, writable and read-only (so the
+    first batch pays no compile), but counts nothing."""
     calls: list[tuple[str, Any]] = []
     for name in ("histogram_add", "argmax_add"):
         real = getattr(drift.compiled, name)
 
         def recording(x: Any, *rest: Any, _name: str = name, _real: Any = real) -> None:
-            calls.append((_name, np.asarray(x).dtype))
+            calls.append((_name, np.asarray(x).dtype, np.asarray(x).flags.writeable))
             _real(x, *rest)
 
         monkeypatch.setattr(drift.compiled, name, recording)
     m = monitor(gaussian, window_samples=300)
     m.warm({"x": np.zeros((1, FEATURES), dtype)}, {"y": np.zeros((1, CLASSES), np.float32)})
-    assert calls == [("histogram_add", np.dtype(dtype)), ("argmax_add", np.dtype(np.float32))]
+    assert calls == [
+        ("histogram_add", np.dtype(dtype), True),
+        ("histogram_add", np.dtype(dtype), False),  # as raw gRPC tensors come
+        ("argmax_add", np.dtype(np.float32), True),
+    ]
     m.warm({"x": np.zeros((1, FEATURES + 1), dtype)}, {})  # does not fit: nothing, silently
     assert m.batches_skipped == 0
     assert not m._window.counts.any()
     assert not m._window.classes.any()
     assert not m._window.rows
+
+
+def window_psi(m: DriftMonitor, rows: np.ndarray) -> np.ndarray:
+    """The PSI per feature of a window holding exactly these rows."""
+    counts = kernels.histogram(rows, m.profile.edges)
+    return drift.psi(drift.shares(counts), m.profile.proportions, m.settings.epsilon)
+
+
+def test_buffered_rows_are_binned_into_the_window_they_arrived_in(
+    gaussian: ReferenceProfile,
+) -> None:
+    """Small batches wait in the buffer; batches as large as it are binned at once; a change
+    of dtype, a full buffer and every close flush it, into the window the rows came in."""
+    clock = Clock()
+    m = monitor(gaussian, clock, window_samples=600, window_seconds=60.0, min_samples=1)
+    assert len(m._buffer) == 256  # 64 KiB of float32 rows of 20 features would be 819
+    rng = np.random.default_rng(12)
+    first = [rng.normal(size=(n, FEATURES)).astype(dt) for n, dt in
+             [(1, np.float32), (7, np.float32), (300, np.float32), (3, np.float64),
+              (250, np.float32), (1, np.int64)]]  # fmt: skip
+    for batch in first:
+        m.observe({"x": batch}, {})
+    clock.now += 61  # the next batch finds the window's time up: it closes first
+    second = rng.normal(size=(5, FEATURES))
+    m.observe({"x": second}, {})
+    m.tick()
+    assert m.report()["last_window"]["rows"] == 562
+    got = np.array(list(m.report()["last_window"]["psi"].values()))
+    np.testing.assert_allclose(got, window_psi(m, np.vstack(first)), rtol=1e-12)
+    clock.now += 61
+    m.tick()  # closed by time in tick: the buffered rows go with it
+    assert m.report()["last_window"]["rows"] == 5
+    got = np.array(list(m.report()["last_window"]["psi"].values()))
+    np.testing.assert_allclose(got, window_psi(m, second), rtol=1e-12)
 
 
 def test_integer_label_outputs_are_classes_already() -> None:
