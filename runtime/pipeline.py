@@ -15,13 +15,15 @@ JSON in config.pbtxt's `parameters { key: "conveyor.pipeline" ... }`:
 Pre steps run in order on the batched request tensors before ONNX Runtime, post steps on its
 outputs, all in the batch's executor thread (the kernels release the GIL). The first pre step
 of an input may declare what clients send (`datatype`, `dims`) when the steps change it, as
-normalize_image does (UINT8 NHWC in, FP32 NCHW out). Every step runs once at load on zeros of
-the declared shape, which checks that the steps produce what the model takes and compiles
-each kernel for the dtypes it will see, so no request pays for JIT.
+normalize_image does (UINT8 NHWC in, FP32 NCHW out). Every step runs at load on zeros of
+the declared shape, which checks that the steps produce what the model takes, then again on
+a full batch and on read-only zeros (raw tensors arrive read-only), which compiles each
+kernel for the signatures and sizes it will see, so no request pays for JIT.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -289,20 +291,17 @@ def client_config(spec: PipelineSpec, pipeline: Pipeline, config: ModelConfig) -
     feeds = {t.name: _zeros(t, config.batched) for t in inputs}
     try:
         fed = pipeline.run_pre(feeds)
+        _warm(pipeline.run_pre, inputs, config, read_only=True)
     except Exception as exc:
         raise ConfigError(
             f"the pre steps fail on zeros of the inputs clients send ({exc}); {_DECLARE}"
         ) from exc
     for model_input in config.inputs:
         _check_fed(model_input, fed[model_input.name], config.batched)
-    # Raw gRPC and binary HTTP tensors are read-only views of the request bytes, which Numba
-    # compiles separately: warm that signature too, or the first such request pays for it.
-    for feed in feeds.values():
-        feed.flags.writeable = False
-    pipeline.run_pre(feeds)
     zeros = {t.name: _zeros(t, config.batched) for t in config.outputs}
     try:
         done = pipeline.run_post(zeros)
+        _warm(pipeline.run_post, config.outputs, config, read_only=False)
     except Exception as exc:
         raise ConfigError(f"the post steps fail on zeros of the model's outputs: {exc}") from exc
     outputs = tuple(
@@ -347,9 +346,27 @@ def _client_input(spec: PipelineSpec, model_input: TensorSpec) -> TensorSpec:
     return replace(model_input, datatype=datatype, dims=dims)
 
 
-def _zeros(spec: TensorSpec, batched: bool) -> np.ndarray:
+def _zeros(spec: TensorSpec, batched: bool, rows: int = 2) -> np.ndarray:
     shape = [1 if d == -1 else d for d in spec.dims]
-    return np.zeros([2, *shape] if batched else shape, tensors.numpy_dtype(spec.datatype))
+    return np.zeros([rows, *shape] if batched else shape, tensors.numpy_dtype(spec.datatype))
+
+
+def _warm(
+    run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]],
+    specs: Sequence[TensorSpec],
+    config: ModelConfig,
+    read_only: bool,
+) -> None:
+    """Run the steps on the other signatures and sizes requests bring, so none pays a Numba
+    compile or cache load: a full batch (some ops switch between NumPy and Numba by size),
+    and, for the pre steps, read-only arrays (raw gRPC and binary HTTP tensors are views of
+    the request bytes, which Numba compiles separately)."""
+    sizes = [2, config.max_batch_size] if config.batched and config.max_batch_size > 2 else [2]
+    for rows, locked in itertools.product(sizes, (False, True) if read_only else (False,)):
+        feeds = {t.name: _zeros(t, config.batched, rows) for t in specs}
+        for feed in feeds.values():
+            feed.flags.writeable = not locked
+        run(feeds)
 
 
 def _check_fed(model_input: TensorSpec, fed: np.ndarray, batched: bool) -> None:

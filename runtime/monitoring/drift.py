@@ -399,13 +399,14 @@ class DriftMonitor:
         features = self.profile.features
         if x is not None and x.ndim and x.dtype.kind in "biuf" and x.size == len(x) * features:
             counts = np.zeros_like(self._window.counts)
-            rows = x.reshape(len(x), features)
-            compiled.histogram_add(rows, self.profile.edges, counts)
-            # Raw gRPC and binary HTTP tensors are read-only views of the request bytes, a
-            # separate Numba signature; large batches of them are binned without a copy.
-            read_only = rows.copy()
-            read_only.flags.writeable = False
-            compiled.histogram_add(read_only, self.profile.edges, counts)
+            # One row, and a full buffer (with few features, a different layout); writable,
+            # and read-only as raw gRPC and binary HTTP tensors are (a separate Numba
+            # signature), since batches as large as the buffer are binned without a copy.
+            for n in (1, len(self._buffer)):
+                rows = np.zeros((n, features), x.dtype)
+                compiled.histogram_add(rows, self.profile.edges, counts)
+                rows.flags.writeable = False
+                compiled.histogram_add(rows, self.profile.edges, counts)
         scores = self._class_scores(outputs, len(x)) if self._classes and x is not None else None
         if scores is not None:
             self._add_classes(scores, np.zeros_like(self._window.classes))

@@ -303,16 +303,19 @@ def test_warm_runs_the_kernels_without_touching_the_window(
         real = getattr(drift.compiled, name)
 
         def recording(x: Any, *rest: Any, _name: str = name, _real: Any = real) -> None:
-            calls.append((_name, np.asarray(x).dtype, np.asarray(x).flags.writeable))
+            a = np.asarray(x)
+            calls.append((_name, a.dtype, a.flags.writeable, len(a)))
             _real(x, *rest)
 
         monkeypatch.setattr(drift.compiled, name, recording)
     m = monitor(gaussian, window_samples=300)
     m.warm({"x": np.zeros((1, FEATURES), dtype)}, {"y": np.zeros((1, CLASSES), np.float32)})
     assert calls == [
-        ("histogram_add", np.dtype(dtype), True),
-        ("histogram_add", np.dtype(dtype), False),  # as raw gRPC tensors come
-        ("argmax_add", np.dtype(np.float32), True),
+        ("histogram_add", np.dtype(dtype), True, 1),
+        ("histogram_add", np.dtype(dtype), False, 1),  # as raw gRPC tensors come
+        ("histogram_add", np.dtype(dtype), True, 256),  # a full buffer
+        ("histogram_add", np.dtype(dtype), False, 256),
+        ("argmax_add", np.dtype(np.float32), True, 1),
     ]
     m.warm({"x": np.zeros((1, FEATURES + 1), dtype)}, {})  # does not fit: nothing, silently
     assert m.batches_skipped == 0

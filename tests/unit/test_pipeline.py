@@ -188,3 +188,42 @@ def test_unknown_client_datatype(tmp_path: Path) -> None:
     built = pipe.build(spec(doc), tmp_path, config)
     with pytest.raises(ConfigError, match="unknown datatype 'FLOAT'"):
         pipe.client_config(spec(doc), built, config)
+
+
+WARM_SCRIPT = """
+import json
+from pathlib import Path
+from google.protobuf import text_format
+from kernels import compiled
+from runtime import config as cfg, pipeline as pipe
+from runtime.proto import model_config_pb2 as pb
+
+text = ('name: "m" platform: "onnxruntime_onnx" max_batch_size: 256 '
+        'input [{ name: "x" data_type: TYPE_FP32 dims: [32] }] '
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [32] }]')
+config = cfg.build(text_format.Parse(text, pb.ModelConfig()))
+doc = pipe.PipelineSpec.model_validate(
+    {"pre": [{"kernel": "standardize", "tensor": "x", "args": {"mean": 0.5, "std": 2.0}}]}
+)
+before = list(compiled._standardize.signatures)
+pipe.client_config(doc, pipe.build(doc, Path("."), config), config)
+print(json.dumps([len(before), sorted(str(s[0]) for s in compiled._standardize.signatures)]))
+"""
+
+
+def test_load_warms_the_signatures_and_sizes_requests_bring() -> None:
+    """In a fresh interpreter (nothing compiled yet): standardize switches to Numba from
+    4,096 elements, which only a full batch of 256 x 32 reaches, and raw gRPC tensors are
+    read-only, a separate Numba signature. Both are compiled or loaded before any request."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_SCRIPT], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    before, after = json.loads(done.stdout)
+    assert before == 0
+    assert after == ["array(float32, 2d, C)", "readonly array(float32, 2d, C)"]
