@@ -81,18 +81,27 @@ __all__ = [
 
 
 def warm_up() -> None:
-    """Call every Numba kernel once per dtype the server feeds it, so no request pays JIT."""
-    for dtype in (np.float32, np.float64):
-        rows = np.zeros((2, 3), dtype)
-        compiled.standardize(rows, np.zeros(3), np.ones(3))
-        compiled.bucketize(rows, np.arange(3.0))
-        compiled.histogram(rows, np.zeros((3, 2)))  # features as the lanes
-        compiled.histogram(np.zeros((256, 1), dtype), np.zeros((1, 2)))  # rows as the lanes
-        compiled.topk(rows, 2)
-        compiled.argmax_add(rows, np.zeros(3, np.int64))  # the drift monitor's class count
-        compiled.nms(np.zeros((2, 4), dtype), np.ones(2, dtype), 0.5, 0.0)
-    for image in (np.zeros((1, 2, 2, 3), np.uint8), np.zeros((1, 2, 2, 3), np.float32)):
-        compiled.resize_bilinear(image, 3, 3)
-    compiled.normalize_image(np.zeros((1, 2, 2, 3), np.uint8), np.zeros(3), np.ones(3))
-    compiled.one_hot(np.zeros(2, np.int64), 3)
-    compiled.sigmoid(np.zeros((2, 3), np.float32))
+    """Call every Numba kernel once per dtype the server feeds it, writable and read-only
+    (raw gRPC and binary HTTP tensors are read-only views of the request bytes, a separate
+    Numba signature), so that the cache holds them all and no request pays JIT."""
+    for writable in (True, False):
+
+        def zeros(shape: tuple[int, ...], dtype: Any, writable: bool = writable) -> Any:
+            a = np.zeros(shape, dtype)
+            a.flags.writeable = writable
+            return a
+
+        for dtype in (np.float32, np.float64):
+            rows = zeros((2, 3), dtype)
+            compiled.standardize(rows, np.zeros(3), np.ones(3))
+            compiled.bucketize(rows, np.arange(3.0))
+            compiled.histogram(rows, np.zeros((3, 2)))  # features as the lanes
+            compiled.histogram(zeros((256, 1), dtype), np.zeros((1, 2)))  # rows as the lanes
+            compiled.topk(rows, 2)
+            compiled.argmax_add(rows, np.zeros(3, np.int64))  # the drift monitor's class count
+            compiled.nms(zeros((2, 4), dtype), zeros((2,), dtype), 0.5, 0.0)
+        for image in (zeros((1, 2, 2, 3), np.uint8), zeros((1, 2, 2, 3), np.float32)):
+            compiled.resize_bilinear(image, 3, 3)
+        compiled.normalize_image(zeros((1, 2, 2, 3), np.uint8), np.zeros(3), np.ones(3))
+        compiled.one_hot(zeros((2,), np.int64), 3)
+        compiled.sigmoid(zeros((2, 3), np.float32))
