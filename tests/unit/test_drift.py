@@ -487,6 +487,53 @@ def test_digits_held_out_stays_quiet_and_inverted_alerts(digits: Any) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
+def test_chi2_quantile_is_close_to_the_exact_one() -> None:
+    """Wilson-Hilferty against scipy's exact quantiles: within 4% up to p = 0.999 and 12%
+    at 1 - 1e-5 (df = 1 is the worst; the profiles have about 9)."""
+    chi2 = pytest.importorskip("scipy.stats").chi2
+
+    df = np.array([1, 2, 3, 5, 9, 20, 60])
+    for p, tolerance in ((0.9, 0.04), (0.999, 0.04), (1 - 1e-5, 0.12)):
+        np.testing.assert_allclose(drift.chi2_quantile(p, df), chi2.ppf(p, df), rtol=tolerance)
+
+
+def null_warn_rate(profile: ReferenceProfile, rows: int, windows: int, **settings: Any) -> float:
+    """The share of windows drawn from the profile's own distribution that warn."""
+    rng = np.random.default_rng(21)
+    m = monitor(profile, window_samples=rows, min_samples=rows, **settings)
+    warned = 0
+    for _ in range(windows):
+        feed(m, rng.normal(size=(rows, profile.features)), batch=rows)
+        warned += m.report()["recent"][-1]["warn"]
+    return warned / windows
+
+
+def test_small_windows_against_a_small_profile_warn_only_above_noise() -> None:
+    """300-row windows against a 1078-row profile: PSI's sampling noise alone crossed the
+    0.1 warn threshold in most windows; the noise floor keeps it to a few percent, and a
+    real shift still alerts."""
+    rng = np.random.default_rng(20)
+    small = profiles.build(rng.normal(size=(1078, FEATURES)), "x")
+    assert null_warn_rate(small, 300, 300, noise_alpha=1.0) > 0.25  # floor off
+    assert null_warn_rate(small, 300, 300) < 0.03
+    m = monitor(small, window_samples=300, min_samples=300)
+    shifted = rng.normal(size=(300, FEATURES))
+    shifted[:, 4] += 1.0
+    feed(m, shifted, batch=300)
+    assert m.alert
+    assert 0.1 < m.report()["last_window"]["psi_noise"] < 0.2
+
+
+def test_noise_floor_leaves_large_windows_as_they_were(gaussian: ReferenceProfile) -> None:
+    """At 1000 rows against 20,000 the floor (about 0.04) is under every default threshold."""
+    m = monitor(gaussian)
+    floors = m.floors(1000)
+    assert floors is not None
+    assert floors.psi.max() < 0.05
+    assert floors.js.max() < DriftSettings().js_warn
+    assert floors.classes < DriftSettings().class_warn
+
+
 def test_report_is_json_ready(gaussian: ReferenceProfile) -> None:
     m = monitor(gaussian)
     assert m.report()["last_window"] is None
@@ -508,7 +555,7 @@ def test_report_is_json_ready(gaussian: ReferenceProfile) -> None:
     assert [w["psi"] for w in worst] == sorted((w["psi"] for w in worst), reverse=True)
     assert report["recent"] == [
         {key: last[key] for key in ("start", "end", "rows", "judged", "max_psi",
-                                    "class_distance", "warn", "alert")}
+                                    "class_distance", "psi_noise", "warn", "alert")}
     ]  # fmt: skip
 
 
