@@ -158,7 +158,8 @@ def _check_value(name: str, value: Any) -> None:
     if not value > 0:
         raise ValueError(f"drift setting '{name}' must be > 0, got {value!r}")
     if name in _UNIT_FIELDS and value > 1:
-        raise ValueError(f"drift setting '{name}' is a distance in (0, 1], got {value!r}")
+        what = "a probability" if name == "noise_alpha" else "a distance"
+        raise ValueError(f"drift setting '{name}' is {what} in (0, 1], got {value!r}")
     if name == "epsilon" and value > 0.01:
         raise ValueError(f"drift setting 'epsilon' must be at most 0.01, got {value!r}")
 

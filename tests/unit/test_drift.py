@@ -132,6 +132,8 @@ def test_settings_defaults_and_overrides() -> None:
         ({"window_seconds": 0}, "'window_seconds' must be > 0"),
         ({"every": 0}, "'every' must be > 0"),
         ({"js_alert": 1.5}, "'js_alert' is a distance in (0, 1]"),
+        ({"noise_alpha": 0}, "'noise_alpha' must be > 0"),
+        ({"noise_alpha": 2}, "'noise_alpha' is a probability in (0, 1]"),
         ({"epsilon": 0.5}, "'epsilon' must be at most 0.01"),
         ({"psi_warn": 0.3}, "'psi_warn' (0.3) must not exceed 'psi_alert' (0.2)"),
         (
