@@ -4,7 +4,7 @@
 
 1. The wide MLP (256-1024-1024-1024-10, 2.4 M weights) in-process: ONNX Runtime's CPU
    provider, its CUDA provider fed numpy arrays (`session.run`), and the CUDA provider
-   through Conveyor's device runner (pinned staging, IO binding), rows/s per batch size.
+   through Conveyor's IO-binding backend (pinned staging), rows/s per batch size.
 2. Pre/post kernels: the CPU kernel (`kernels.<op>`) against its numba.cuda version
    (`kernels.cuda.<op>`), both timed host array in, host array out.
 
@@ -52,13 +52,16 @@ def rate(fn: Callable[[], Any], rows: int, seconds: float) -> float:
 def model_rows(seconds: float) -> tuple[list[dict[str, Any]], str]:
     if CUDA not in ort.get_available_providers():
         return [], f"onnxruntime {ort.__version__} has no CUDA provider"
-    from runtime.backends.device import CudaMemory, DeviceRunner
-    from runtime.pipeline import Pipeline
+    from runtime.backends.onnx import OnnxBackend
+    from runtime.backends.onnx_cuda import CudaMemory
+    from runtime.loader import device_pipeline
+    from runtime.pipeline import Steps
 
     data = mlp_model(WIDE).SerializeToString()
     cpu = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     gpu = ort.InferenceSession(data, providers=[CUDA, "CPUExecutionProvider"])
-    runner = DeviceRunner(gpu, Pipeline(), ["OUTPUT0"], CudaMemory(0))
+    backend = OnnxBackend(data, providers=[CUDA, "CPUExecutionProvider"])
+    runner = device_pipeline(backend, Steps(), ["OUTPUT0"], CudaMemory(0))
     rows = []
     for batch in BATCHES:
         x = np.random.default_rng(batch).random((batch, WIDE[0]), dtype=np.float32)

@@ -1,23 +1,21 @@
 """The one protocol-neutral entry point: both the HTTP and gRPC adapters call only this.
 
-It validates requests against the model's TensorSpecs (bad input never reaches the model),
-hands them to the batcher, and renders metadata, config, statistics and the index.
+Inference goes to the model instance the registry serves for (name, version), which checks
+the request (bad input never reaches the model) and queues it in its batcher; the rest
+renders metadata, config, statistics, autoscaling signals and the repository index.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import numpy as np
-
-from runtime import __version__, tensors
+from runtime import __version__
 from runtime import config as cfg
 from runtime.config import TensorSpec
-from runtime.errors import InvalidInput, NotFound, ServingError, Unavailable, Unsupported
+from runtime.errors import InvalidInput, NotFound, Unavailable
 from runtime.proto import model_config_pb2 as pb
-from runtime.registry import ModelVersion, Registry
-from runtime.types import InferenceRequest, InferenceResponse, InputTensor, OutputTensor
+from runtime.registry import Registry
+from runtime.types import InferenceRequest, InferenceResponse
 
 SERVER_NAME = "conveyor"
 # Only what is really implemented; perf_analyzer reads this list.
@@ -105,18 +103,18 @@ class DataPlane:
                     raise NotFound(f"Request for unknown model: '{name}' is not found")
         else:
             models = list(self.registry.models())
-        return {"model_stats": [m.stats.to_dict() for m in models]}
+        return {"model_stats": [m.statistics.to_dict() for m in models]}
 
     def drift(self, name: str, version: str = "") -> dict[str, Any]:
         """The drift report of one version (the latest ready one when none is named)."""
         model = self.registry.get(name, version)
-        if model.loaded.drift is None:
+        if model.drift is None:
             raise NotFound(
                 f"model '{name}' version {model.version} has no drift monitor: publish a "
                 "drift_profile.npz with the version, or name sample rows with `drift: "
                 "{reference: FILE}` in its conveyor.yaml"
             )
-        return model.loaded.drift.report()
+        return model.drift.report()
 
     def autoscale(self) -> dict[str, Any]:
         """Each model's load signals (versions summed), shaped for KEDA's metrics-api scaler.
@@ -125,7 +123,7 @@ class DataPlane:
         """
         models: dict[str, dict[str, Any]] = {}
         for m in self.registry.models():
-            signals = m.load.signals(m.batcher.depth)
+            signals = m.signals()
             models[m.name] = _merge(models[m.name], signals) if m.name in models else signals
         total = {k: sum(s[k] for s in models.values()) for k in _ADDITIVE}
         total["desired_replicas"] = max((s["desired_replicas"] for s in models.values()), default=0)
@@ -159,37 +157,11 @@ class DataPlane:
     # -- inference ----------------------------------------------------------------------
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Validate, queue, wait for the batch, and build this request's response."""
-        start = request.received_ns or time.monotonic_ns()
+        """Hand the request to the version it names (the latest ready one by default)."""
         model = self.registry.get(request.model_name, request.model_version)
-        model.load.arrived()
-        error: BaseException | None = None
-        try:
-            if not self.ready:
-                raise Unavailable("the server is not ready")
-            rows = _validate(model, request)
-            arrays = {name: t.data for name, t in request.inputs.items()}
-            future = model.batcher.submit(
-                arrays,
-                rows,
-                request.priority,
-                request.timeout_us,
-                request.id,
-                request.client_gone,
-            )
-            outputs = await future
-            response = _response(model, request, outputs)
-            if model.batcher.slo is not None:
-                # The whole stay in the server, front end included, is what the target bounds.
-                model.batcher.slo.observe_request(time.monotonic_ns() - start)
-            return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            duration_ns = time.monotonic_ns() - start
-            for observer in model.request_observers:
-                observer.request_done(duration_ns, error, request.protocol)
+        if not self.ready:
+            model.refuse(request, Unavailable("the server is not ready"))
+        return await model.infer(request)
 
 
 _ADDITIVE = ("queue_depth", "in_flight", "in_flight_avg", "arrival_rate", "completion_rate")
@@ -203,105 +175,3 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     merged["utilisation"] = max(a["utilisation"], b["utilisation"])
     merged["desired_replicas"] = max(a["desired_replicas"], b["desired_replicas"])
     return merged
-
-
-def _validate(model: ModelVersion, request: InferenceRequest) -> int:
-    """Check names, datatypes and shapes; return the batch size (1 when the model doesn't batch)."""
-    c = model.config
-    rows = -1
-    for name, tensor in request.inputs.items():
-        spec = model.inputs.get(name)
-        if spec is None:
-            raise InvalidInput(
-                f"unexpected inference input '{name}' for model '{c.name}'; "
-                f"the model's inputs are {sorted(model.inputs)}"
-            )
-        if tensor.datatype != spec.datatype:
-            raise InvalidInput(
-                f"inference input '{name}' data-type is '{tensor.datatype}', but model "
-                f"'{c.name}' expects '{spec.datatype}'"
-            )
-        batch = _check_shape(c.name, spec, tensor, c.max_batch_size)
-        if rows not in (-1, batch):
-            raise InvalidInput(
-                f"inputs of model '{c.name}' disagree on the batch size: input '{name}' has "
-                f"{batch} rows, an earlier input has {rows}"
-            )
-        rows = batch
-    missing = model.required_inputs.difference(request.inputs)
-    if missing:
-        raise InvalidInput(
-            f"expected {len(model.required_inputs)} inputs but got {len(request.inputs)} "
-            f"inputs for model '{c.name}'; missing input(s) {sorted(missing)}"
-        )
-    if request.outputs:
-        for out in request.outputs:
-            _check_output(model, out.name, out.class_count)
-    return max(rows, 1)
-
-
-def _check_shape(model: str, spec: Any, tensor: InputTensor, max_batch_size: int) -> int:
-    shape = tensor.data.shape
-    dims = spec.dims
-    body = shape[1:] if max_batch_size > 0 else shape
-    expected = [-1, *dims] if max_batch_size > 0 else list(dims)
-    ok = len(body) == len(dims) and (max_batch_size == 0 or len(shape) >= 1)
-    ok = ok and all(d == -1 or d == s for d, s in zip(dims, body, strict=False))
-    if not ok:
-        note = (
-            " NOTE: Setting a non-zero max_batch_size in the model config requires a batch "
-            "dimension to be prepended to each input shape."
-            if max_batch_size > 0
-            else ""
-        )
-        raise InvalidInput(
-            f"unexpected shape for input '{spec.name}' for model '{model}'. "
-            f"Expected {expected}, got {list(shape)}.{note}"
-        )
-    if max_batch_size == 0:
-        return 1
-    batch = int(shape[0])
-    if batch < 1 or batch > max_batch_size:
-        raise InvalidInput(
-            f"inference request batch-size must be <= {max_batch_size} and >= 1 for "
-            f"'{model}', got {batch} (input '{spec.name}')"
-        )
-    return batch
-
-
-def _check_output(model: ModelVersion, name: str, class_count: int) -> None:
-    if name not in model.outputs:
-        raise InvalidInput(
-            f"unexpected inference output '{name}' for model '{model.name}'; "
-            f"the model's outputs are {model.output_names}"
-        )
-    if class_count < 0:
-        raise InvalidInput(f"classification count of output '{name}' must be >= 0")
-
-
-def _response(
-    model: ModelVersion, request: InferenceRequest, outputs: dict[str, np.ndarray]
-) -> InferenceResponse:
-    wanted = request.outputs
-    result: list[OutputTensor] = []
-    if wanted is None:
-        for name in model.output_names:
-            spec = model.outputs[name]
-            result.append(OutputTensor(name, spec.datatype, outputs[name]))
-    else:
-        for out in wanted:
-            spec = model.outputs[out.name]
-            data = outputs[out.name]
-            if out.class_count > 0:
-                try:
-                    data = tensors.classify(
-                        data, out.class_count, spec.labels, model.config.batched
-                    )
-                except ServingError:
-                    raise
-                except Exception as exc:  # e.g. a BYTES output cannot be ranked
-                    raise Unsupported(f"cannot classify output '{out.name}': {exc}") from exc
-                result.append(OutputTensor(out.name, "BYTES", data))
-            else:
-                result.append(OutputTensor(out.name, spec.datatype, data))
-    return InferenceResponse(model.name, model.version, request.id, result)

@@ -9,33 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from runtime import config as cfg
 from runtime import repository, snapshot
-from runtime.batching.batcher import BatchObserver, DynamicBatcher, ObserverGroup, TapFn
-from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput, NotFound, Unavailable
-from runtime.monitoring.autoscale import AutoscalePolicy, LoadWindow
-from runtime.monitoring.drift import DriftMonitor
+from runtime.instance import ModelInstance
+from runtime.loader import InstanceSettings, load_instance
 from runtime.proto import model_config_pb2 as pb
-from runtime.repository import LoadedVersion
 from runtime.snapshot import Snapshot, Source
-from runtime.statistics import ModelStatistics, RequestObserver
 
 log = logging.getLogger(__name__)
-
-
-class ModelObserver(BatchObserver, RequestObserver):
-    """Watches one model version's batches and requests (the metrics implement it)."""
-
-
-ObserverFactory = Callable[[str, str], Sequence[ModelObserver]]
 
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
@@ -44,40 +30,11 @@ UNLOADING = "UNLOADING"
 
 
 @dataclass(slots=True)
-class ModelVersion:
-    """One servable version: config, backend, batcher and statistics, plus hot-path lookups."""
-
-    name: str
-    version: str
-    config: ModelConfig
-    loaded: LoadedVersion
-    batcher: DynamicBatcher
-    stats: ModelStatistics
-    load: LoadWindow
-    # Everyone told about each finished request: the statistics first, then metrics.
-    request_observers: tuple[RequestObserver, ...] = ()
-    inputs: dict[str, TensorSpec] = field(default_factory=dict)
-    outputs: dict[str, TensorSpec] = field(default_factory=dict)
-    output_names: list[str] = field(default_factory=list)
-    required_inputs: frozenset[str] = frozenset()
-
-    def __post_init__(self) -> None:
-        self.inputs = {s.name: s for s in self.config.inputs}
-        self.outputs = {s.name: s for s in self.config.outputs}
-        self.output_names = [s.name for s in self.config.outputs]
-        self.required_inputs = frozenset(s.name for s in self.config.inputs if not s.optional)
-
-    @property
-    def ready(self) -> bool:
-        return self.batcher.failed is None
-
-
-@dataclass(slots=True)
 class ModelEntry:
     """Everything known about one model name: servable versions and per-version states."""
 
     name: str
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    versions: dict[int, ModelInstance] = field(default_factory=dict)
     states: dict[int, tuple[str, str]] = field(default_factory=dict)
     model_state: tuple[str, str] | None = None
     # What each servable version was built from, so a reload can reuse the unchanged ones.
@@ -87,7 +44,7 @@ class ModelEntry:
     # What failed in the last load (a servable version may still be the previous files).
     errors: list[str] = field(default_factory=list)
 
-    def latest(self) -> ModelVersion | None:
+    def latest(self) -> ModelInstance | None:
         for v in sorted(self.versions, reverse=True):
             if self.versions[v].ready:
                 return self.versions[v]
@@ -99,8 +56,8 @@ class _Swap:
     """A rebuilt entry, the versions built for it, and the served versions it leaves out."""
 
     entry: ModelEntry
-    fresh: list[ModelVersion]
-    retired: list[ModelVersion]
+    fresh: list[ModelInstance]
+    retired: list[ModelInstance]
 
 
 def _keep_old(name: str, old: ModelEntry | None, now: Snapshot | None, reason: str) -> _Swap:
@@ -157,26 +114,13 @@ def _log_swap(swap: _Swap, old: ModelEntry | None, started_ns: int) -> None:
 class Registry:
     """Owns every loaded model; the data plane asks it for (name, version)."""
 
-    def __init__(
-        self,
-        roots: Sequence[Path],
-        device: str = "auto",
-        observers_for: ObserverFactory | None = None,
-        autoscale: AutoscalePolicy | None = None,
-        default_max_queue_size: int = 0,
-        drift_defaults: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, roots: Sequence[Path], settings: InstanceSettings | None = None) -> None:
         self.roots = list(roots)
-        # Drift settings every model starts from (--drift-window-*); conveyor.yaml overrides.
-        self.drift_defaults = dict(drift_defaults or {})
-        self.autoscale = autoscale or AutoscalePolicy()
-        self.default_max_queue_size = default_max_queue_size
-        self.device = device
-        self.observers_for = observers_for
+        self.settings = settings or InstanceSettings()
         self._models: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def get(self, name: str, version: str = "") -> ModelVersion:
+    def get(self, name: str, version: str = "") -> ModelInstance:
         """The requested version, or the highest ready one; NotFound names what is missing."""
         entry = self._models.get(name)
         if entry is None or not entry.versions:
@@ -193,14 +137,9 @@ class Registry:
             raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
         return model
 
-    def models(self) -> Iterable[ModelVersion]:
+    def models(self) -> Iterable[ModelInstance]:
         for entry in self._models.values():
             yield from entry.versions.values()
-
-    def drift_monitors(self) -> Iterable[DriftMonitor]:
-        for model in self.models():
-            if model.loaded.drift is not None:
-                yield model.loaded.drift
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -316,20 +255,17 @@ class Registry:
 
     def _load_each(
         self, name: str, model_dir: Path, message: pb.ModelConfig, versions: Iterable[int]
-    ) -> tuple[dict[int, ModelVersion], dict[int, str]]:
+    ) -> tuple[dict[int, ModelInstance], dict[int, str]]:
         """Load and warm each version; (servable versions, reasons of those that failed)."""
-        fresh: dict[int, ModelVersion] = {}
+        fresh: dict[int, ModelInstance] = {}
         failed: dict[int, str] = {}
         for version in versions:
             try:
-                loaded = repository.load_version(
-                    model_dir, version, message, self.device, self.drift_defaults
-                )
+                fresh[version] = load_instance(model_dir, version, message, self.settings)
             except Exception as exc:
                 failed[version] = str(exc)
                 log.error("model '%s' version %d is unavailable: %s", name, version, exc)
                 continue
-            fresh[version] = self._servable(name, loaded)
             log.info("model '%s' version %d is ready", name, version)
         return fresh, failed
 
@@ -345,14 +281,13 @@ class Registry:
             self._models[name] = empty
             await self._retire(name, list(entry.versions.values()))
 
-    async def _retire(self, name: str, versions: Sequence[ModelVersion]) -> None:
+    async def _retire(self, name: str, versions: Sequence[ModelInstance]) -> None:
         """Drain (queued and running requests finish), then close; the caller swapped them out."""
         if not versions:
             return
         started_ns = time.perf_counter_ns()
         for version in versions:
-            await version.batcher.stop(drain=True)
-            version.loaded.backend.close()
+            await version.close()
         log.info(
             "model '%s' unloaded versions %s: drained and closed in %.3f s",
             name,
@@ -368,36 +303,3 @@ class Registry:
     def check_ready(self, name: str) -> None:
         if not self.is_ready(name):
             raise Unavailable(f"model '{name}' is not ready")
-
-    def _servable(self, name: str, loaded: LoadedVersion) -> ModelVersion:
-        version = str(loaded.version)
-        stats = ModelStatistics(name, version)
-        load = LoadWindow(loaded.config.instance_count, self.autoscale)
-        extra = self.observers_for(name, version) if self.observers_for is not None else []
-        batcher = DynamicBatcher(
-            loaded.config,
-            loaded.batch_function(),
-            ObserverGroup([stats, load, *extra]),
-            self.default_max_queue_size,
-            # Device runs keep per-thread pinned buffers: those stay on the instance threads.
-            inline=loaded.device_run is None,
-            tap=_watched_by(loaded.drift),
-        )
-        return ModelVersion(
-            name, version, loaded.config, loaded, batcher, stats, load, (stats, load, *extra)
-        )
-
-
-def _watched_by(monitor: DriftMonitor | None) -> TapFn | None:
-    """The drift monitor's view of each batch, what clients sent and got back; its failures
-    are logged and never fail the requests it watches."""
-    if monitor is None:
-        return None
-
-    def watch(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
-        try:
-            monitor.observe(inputs, outputs)
-        except Exception:
-            log.exception("drift monitor of %s v%s failed", monitor.model_name, monitor.version)
-
-    return watch

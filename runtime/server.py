@@ -23,6 +23,8 @@ from starlette.types import ASGIApp
 from runtime.config import Restriction
 from runtime.control import RepositoryPoller
 from runtime.dataplane import DataPlane
+from runtime.instance import ModelInstance
+from runtime.loader import InstanceSettings
 from runtime.monitoring.autoscale import AutoscalePolicy
 from runtime.monitoring.metrics import Metrics
 from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
@@ -103,18 +105,16 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = (
-            Metrics(allow_gpu_metrics=config.allow_gpu_metrics) if config.allow_metrics else None
+            Metrics(self._served, config.allow_gpu_metrics) if config.allow_metrics else None
         )
-        self.registry = Registry(
-            config.model_repositories,
-            config.device,
-            self.metrics.observers_for if self.metrics is not None else None,
-            config.autoscale,
-            config.default_max_queue_size,
-            config.drift_defaults,
+        settings = InstanceSettings(
+            device=config.device,
+            default_max_queue_size=config.default_max_queue_size,
+            autoscale=config.autoscale,
+            drift_defaults=config.drift_defaults,
+            monitors=(self.metrics.subscriber,) if self.metrics is not None else (),
         )
-        if self.metrics is not None:
-            self.metrics.attach(self.registry)
+        self.registry = Registry(config.model_repositories, settings)
         self.dataplane = DataPlane(self.registry, config.model_control_mode)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
@@ -141,11 +141,15 @@ class Server:
         self.dataplane.ready = True
         log.info("server is ready")
 
+    def _served(self) -> Iterator[ModelInstance]:
+        """The versions being served now (what a metrics scrape reads)."""
+        return iter(list(self.registry.models()))
+
     async def _tick_drift(self) -> None:
         """Close timed-out drift windows and judge closed ones, off the batches' path."""
         while True:
             await asyncio.sleep(DRIFT_TICK_S)
-            for monitor in list(self.registry.drift_monitors()):
+            for monitor in [m.drift for m in self.registry.models() if m.drift is not None]:
                 try:
                     monitor.tick()
                 except Exception:

@@ -1,4 +1,8 @@
-"""The Backend protocol: runs one batch of numpy arrays; knows nothing of requests."""
+"""The Backend protocol: what runs one batch of a model version; knows nothing of requests.
+
+Each runtime is one module here (onnx.py, onnx_cuda.py) and one entry in
+runtime/backends/__init__.py, which opens the backend a model's platform names.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,12 @@ from runtime.config import GraphTensor
 
 
 class Backend(Protocol):
-    """A loaded model version. `run` is synchronous and called from an executor thread."""
+    """A loaded model version. `run` is synchronous, called from an instance thread or inline."""
+
+    @property
+    def thread_bound(self) -> bool:
+        """True when batches must stay on the instance threads (per-thread device buffers),
+        so the batcher never runs them on the event loop."""
 
     def graph_inputs(self) -> Sequence[GraphTensor]: ...
 

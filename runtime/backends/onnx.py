@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime import tensors
-from runtime.config import GraphTensor
+from runtime.config import ConfigError, GraphTensor
 from runtime.errors import InvalidInput
+from runtime.proto import model_config_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,33 @@ def choose_providers(kind: str, gpu_id: int = 0, device: str = "auto") -> list[A
     return [CPU]
 
 
+def open_onnx(model_dir: Path, version: int, message: pb.ModelConfig, device: str) -> OnnxBackend:
+    """One version's ONNX file in a session on the provider its instance kind and --device ask
+    for; ConfigError (the model's reason to be unavailable) when it cannot be opened."""
+    filename = message.default_model_filename or "model.onnx"
+    path = model_dir / str(version) / filename
+    if not path.exists():
+        raise ConfigError(f"model file '{path}' does not exist")
+    groups = message.instance_group
+    kind = pb.ModelInstanceGroup.Kind.Name(groups[0].kind) if groups else "KIND_AUTO"
+    gpu_id = groups[0].gpus[0] if groups and groups[0].gpus else 0
+    parameters = {k: v.string_value for k, v in message.parameters.items()}
+    try:
+        return OnnxBackend(path, parameters, choose_providers(kind, gpu_id, device))
+    except Exception as exc:
+        raise ConfigError(f"ONNX Runtime cannot load '{path}': {exc}") from exc
+
+
 class OnnxBackend:
-    """Runs an ONNX model file with ONNX Runtime."""
+    """Runs an ONNX model (a file, or its bytes) with ONNX Runtime's `session.run`: on the CPU
+    provider, or on the CUDA provider copying through host memory inside the call."""
+
+    # ONNX Runtime sessions keep no per-thread state: batches may run on the event loop.
+    thread_bound = False
 
     def __init__(
         self,
-        path: Path,
+        model: Path | bytes,
         parameters: Mapping[str, str] | None = None,
         providers: list[Any] | None = None,
     ) -> None:
@@ -65,7 +87,8 @@ class OnnxBackend:
         # steal CPU from the event loop between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = providers or [CPU]
-        self._session = ort.InferenceSession(str(path), options, providers=self.providers)
+        source = model if isinstance(model, bytes) else str(model)
+        self._session = ort.InferenceSession(source, options, providers=self.providers)
         self._inputs = [_graph_tensor(a) for a in self._session.get_inputs()]
         self._outputs = [_graph_tensor(a) for a in self._session.get_outputs()]
         self._text_inputs = frozenset(t.name for t in self._inputs if t.datatype == "BYTES")
@@ -77,7 +100,7 @@ class OnnxBackend:
 
     @property
     def session(self) -> ort.InferenceSession:
-        """The session itself, for IO binding (runtime/backends/device.py)."""
+        """The session itself, for IO binding (runtime/backends/onnx_cuda.py)."""
         return self._session
 
     @property

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,33 +24,13 @@ from runtime.batching.adaptive import SloController
 from runtime.batching.queue import Pending, PriorityQueue
 from runtime.config import ModelConfig
 from runtime.errors import Cancelled, InternalError, Rejected, ServingError, Unavailable
+from runtime.events import BatchDone, Events
+from runtime.types import InferenceRequest
 
 log = logging.getLogger(__name__)
 
+# What runs one batch: the model version's pipeline (pre steps, backend, post steps).
 RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-# Sees each successful batch's inputs and outputs after the run (the drift monitor).
-TapFn = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None]
-
-
-@dataclass(slots=True)
-class BatchTimes:
-    """Nanoseconds spent on one batch, as the statistics extension reports them."""
-
-    size: int
-    input_ns: int
-    infer_ns: int
-    output_ns: int
-    dispatched_ns: int = 0
-
-
-class BatchObserver:
-    """Receives what the batcher measures; the statistics and metrics implement it."""
-
-    def on_batch(self, times: BatchTimes, batch: Sequence[Pending], ok: bool) -> None:
-        """Called on the event loop after each batch, with its requests."""
-
-    def on_rejected(self, item: Pending, error: ServingError) -> None:
-        """Called when a queued request fails before it reached the model."""
 
 
 @dataclass(slots=True)
@@ -60,21 +40,6 @@ class _Plan:
     count: int = 0
     complete: bool = False
     deadline_ns: int = 0
-
-
-class ObserverGroup(BatchObserver):
-    """Several observers behind one (statistics and metrics both watch every batch)."""
-
-    def __init__(self, observers: Sequence[BatchObserver]) -> None:
-        self._observers = tuple(observers)
-
-    def on_batch(self, times: BatchTimes, batch: Sequence[Pending], ok: bool) -> None:
-        for observer in self._observers:
-            observer.on_batch(times, batch, ok)
-
-    def on_rejected(self, item: Pending, error: ServingError) -> None:
-        for observer in self._observers:
-            observer.on_rejected(item, error)
 
 
 def _is_dead(item: Pending, now: int) -> bool:
@@ -105,16 +70,16 @@ class DynamicBatcher:
         self,
         config: ModelConfig,
         run: RunFn,
-        observer: BatchObserver,
+        events: Events | None = None,
+        *,
         default_max_queue_size: int = 0,
         inline: bool = True,
-        tap: TapFn | None = None,
     ) -> None:
         self._config = config
         self._batching = config.batching
         self._run_model = run
-        self._tap = tap
-        self._observer = observer
+        self._events = events or Events()
+        self._watched = self._events.watches_batches
         self._queue = PriorityQueue(config.batching, default_max_queue_size)
         self._max_rows = config.max_batch_size if config.batching.enabled else 0
         self._delay_ns = config.batching.max_queue_delay_us * 1000
@@ -161,21 +126,20 @@ class DynamicBatcher:
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._loop())
 
-    def submit(
-        self,
-        inputs: dict[str, np.ndarray],
-        rows: int,
-        priority: int = 0,
-        timeout_us: int = 0,
-        request_id: str = "",
-        client_gone: Callable[[], bool] | None = None,
-    ) -> asyncio.Future[dict[str, np.ndarray]]:
-        """Queue one request; the returned future holds its own rows of every output."""
+    def submit(self, request: InferenceRequest) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Queue one checked request; the returned future holds its own rows of every output.
+
+        Its rows are the first dimension of its inputs when the model batches, else one.
+        """
         if self._stopping or self.failed is not None:
             raise Unavailable(f"model '{self._config.name}' is not accepting requests")
         now = time.monotonic_ns()
-        level = self._queue.level_for(priority)
-        timeout = self._timeout_us(level, timeout_us)
+        inputs = {name: t.data for name, t in request.inputs.items()}
+        rows = 1
+        if self._config.batched and inputs:
+            rows = max(int(next(iter(inputs.values())).shape[0]), 1)
+        level = self._queue.level_for(request.priority)
+        timeout = self._timeout_us(level, request.timeout_us)
         fut: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         item = Pending(
             inputs=inputs,
@@ -184,10 +148,10 @@ class DynamicBatcher:
             enqueued_ns=now,
             deadline_ns=now + timeout * 1000 if timeout else 0,
             level=level,
-            client_gone=client_gone,
+            client_gone=request.client_gone,
             shape_key=tuple(a.shape[1:] for a in inputs.values()) if self._max_rows else (),
         )
-        self._queue.put(item, request_id)
+        self._queue.put(item, request.id)
         self._arrival.set()
         return fut
 
@@ -318,7 +282,7 @@ class DynamicBatcher:
                 self._queue.remove(item)
                 error: ServingError = Cancelled("the client went away while the request was queued")
                 _resolve(item.future, error=error)
-                self._observer.on_rejected(item, error)
+                self._events.rejected(item, error)
                 continue
             if not item.future.done() and self._queue.delay_on_timeout[item.level]:
                 self._queue.delay(item)  # timeout_action: DELAY
@@ -328,7 +292,7 @@ class DynamicBatcher:
             if not item.future.done():
                 error = Rejected("Request timeout expired")
                 _resolve(item.future, error=error)
-                self._observer.on_rejected(item, error)
+                self._events.rejected(item, error)
         return delayed
 
     async def _execute(self, batch: list[Pending]) -> None:
@@ -337,14 +301,14 @@ class DynamicBatcher:
         seq = self._dispatched
         self._dispatched += 1
         try:
-            outputs, times = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            outputs, done = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as exc:
             self._answer_failure(seq, batch, exc, dispatched_ns)
             return
         finally:
             self._slots.release()
-        times.dispatched_ns = dispatched_ns
-        self._release(seq, functools.partial(self._scatter, outputs, batch, times))
+        done.dispatched_ns = dispatched_ns
+        self._release(seq, functools.partial(self._scatter, outputs, batch, done))
 
     def _run_inline(self, batch: list[Pending]) -> None:
         """One batch on the event loop, answered as _execute answers one from a thread."""
@@ -352,12 +316,12 @@ class DynamicBatcher:
         seq = self._dispatched
         self._dispatched += 1
         try:
-            outputs, times = self._run_batch(batch)
+            outputs, done = self._run_batch(batch)
         except Exception as exc:
             self._answer_failure(seq, batch, exc, dispatched_ns)
             return
-        times.dispatched_ns = dispatched_ns
-        self._release(seq, functools.partial(self._scatter, outputs, batch, times))
+        done.dispatched_ns = dispatched_ns
+        self._release(seq, functools.partial(self._scatter, outputs, batch, done))
 
     def _answer_failure(
         self, seq: int, batch: list[Pending], exc: Exception, dispatched_ns: int
@@ -366,7 +330,7 @@ class DynamicBatcher:
             log.exception("model '%s' failed on a batch of %d", self._config.name, len(batch))
             exc = InternalError(f"model '{self._config.name}' failed to run: {exc}")
         rows = sum(p.rows for p in batch)
-        failed = BatchTimes(rows, 0, 0, 0, dispatched_ns)
+        failed = BatchDone(rows, 0, 0, 0, dispatched_ns, batch, False)
         self._release(seq, functools.partial(self._fail, exc, batch, failed))
 
     def _release(self, seq: int, answer: Callable[[], None]) -> None:
@@ -379,12 +343,12 @@ class DynamicBatcher:
             self._finished.pop(self._released)()
             self._released += 1
 
-    def _fail(self, error: ServingError, batch: list[Pending], times: BatchTimes) -> None:
-        self._observer.on_batch(times, batch, ok=False)
+    def _fail(self, error: ServingError, batch: list[Pending], done: BatchDone) -> None:
+        self._events.batch_done(done)
         for item in batch:
             _resolve(item.future, error=error)
 
-    def _run_batch(self, batch: list[Pending]) -> tuple[dict[str, np.ndarray], BatchTimes]:
+    def _run_batch(self, batch: list[Pending]) -> tuple[dict[str, np.ndarray], BatchDone]:
         t0 = time.perf_counter_ns()
         if len(batch) == 1:
             inputs = batch[0].inputs
@@ -405,15 +369,15 @@ class DynamicBatcher:
                         f"model '{self._config.name}' returned output '{name}' with shape "
                         f"{list(arr.shape)} for a batch of {rows} rows"
                     )
-        if self._tap is not None:
+        if self._watched:
             # Outside the timed run: a monitor neither counts as compute in the statistics
             # nor moves a model off inline runs (a 7 µs drift tap took the MLP's batches of
             # 16 over the 100 µs mark, onto threads: 11% fewer requests over HTTP).
-            self._tap(inputs, outputs)
-        return outputs, BatchTimes(rows, t1 - t0, t2 - t1, 0)
+            self._events.batch_ran(inputs, outputs)
+        return outputs, BatchDone(rows, t1 - t0, t2 - t1, 0, 0, batch, True)
 
     def _scatter(
-        self, outputs: dict[str, np.ndarray], batch: list[Pending], times: BatchTimes
+        self, outputs: dict[str, np.ndarray], batch: list[Pending], done: BatchDone
     ) -> None:
         t0 = time.perf_counter_ns()
         if len(batch) == 1:
@@ -424,7 +388,7 @@ class DynamicBatcher:
                 stop = start + item.rows
                 _resolve(item.future, {k: v[start:stop] for k, v in outputs.items()})
                 start = stop
-        times.output_ns = time.perf_counter_ns() - t0
-        self._observer.on_batch(times, batch, ok=True)
+        done.output_ns = time.perf_counter_ns() - t0
+        self._events.batch_done(done)
         if self.slo is not None:
-            self.slo.observe_batch(time.monotonic_ns() - times.dispatched_ns)
+            self.slo.observe_batch(time.monotonic_ns() - done.dispatched_ns)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.batching.batcher import BatchObserver, BatchTimes
-from runtime.batching.queue import Pending
-from runtime.errors import ServingError
+from runtime.events import BatchDone, Subscriber
 
 BUCKETS = 10
 
@@ -35,7 +33,7 @@ class AutoscalePolicy:
     tolerance: float = 0.1  # the HPA's default
 
 
-class LoadWindow(BatchObserver):
+class LoadWindow(Subscriber):
     """One model version's load over the last `window_s` seconds."""
 
     def __init__(
@@ -80,12 +78,9 @@ class LoadWindow(BatchObserver):
         self._completions[slot] += 1
         self.in_flight -= 1
 
-    def on_batch(self, times: BatchTimes, batch: Sequence[Pending], ok: bool) -> None:
+    def batch_done(self, batch: BatchDone) -> None:
         now = self._clock()
-        self._busy_ns[self._advance(now)] += now - times.dispatched_ns
-
-    def on_rejected(self, item: Pending, error: ServingError) -> None:
-        """Rejected requests still reach request_done."""
+        self._busy_ns[self._advance(now)] += now - batch.dispatched_ns
 
     def signals(self, queue_depth: int) -> dict[str, Any]:
         """The window's rates and levels, and the replicas they call for."""

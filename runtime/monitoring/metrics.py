@@ -17,14 +17,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from runtime.batching.batcher import BatchTimes
-from runtime.batching.queue import Pending
-from runtime.errors import ServingError
+from runtime.events import BatchDone, Subscriber
 from runtime.monitoring import drift
 from runtime.monitoring.drift import DriftMonitor
 from runtime.monitoring.gpu import GpuReader, GpuSample
-from runtime.registry import ModelObserver, ModelVersion, Registry
-from runtime.statistics import FAILURE_REASONS, Duration, failure_reason
+from runtime.monitoring.stats import FAILURE_REASONS, Duration, failure_reason
+from runtime.monitoring.view import ModelView
+
+# The versions being served now, asked afresh at every scrape.
+Models = Callable[[], Iterable[ModelView]]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROTOCOLS = ("http", "grpc", "")
@@ -71,8 +72,8 @@ def _label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _read(model: ModelVersion, path: str) -> int:
-    s = model.stats
+def _read(model: ModelView, path: str) -> int:
+    s = model.statistics
     if path == "request_us":
         return (s.success.ns + s.fail.ns) // 1000
     head, _, tail = path.partition(".")
@@ -82,7 +83,7 @@ def _read(model: ModelVersion, path: str) -> int:
     return int(value)
 
 
-def triton_text(models: Sequence[ModelVersion]) -> str:
+def triton_text(models: Sequence[ModelView]) -> str:
     """Triton's per-model families in the text exposition format, bare counter names."""
     lines: list[str] = []
     for name, help_text, path in _TRITON_COUNTERS:
@@ -95,9 +96,7 @@ def triton_text(models: Sequence[ModelVersion]) -> str:
         "awaiting execution per-model.",
         "# TYPE nv_inference_pending_request_count gauge",
     ]
-    lines += [
-        f"nv_inference_pending_request_count{{{_labels(m)}}} {m.batcher.depth}" for m in models
-    ]
+    lines += [f"nv_inference_pending_request_count{{{_labels(m)}}} {m.queue_depth}" for m in models]
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +122,7 @@ def _plain(value: float) -> str:
     return text if "e" not in text else f"{value:.12f}".rstrip("0").rstrip(".")
 
 
-def _failure_lines(models: Sequence[ModelVersion]) -> list[str]:
+def _failure_lines(models: Sequence[ModelView]) -> list[str]:
     name = "nv_inference_request_failure"
     lines = [f"# HELP {name} Number of failed inference requests, all batch sizes",
              f"# TYPE {name} counter"]  # fmt: skip
@@ -131,12 +130,12 @@ def _failure_lines(models: Sequence[ModelVersion]) -> list[str]:
         for reason in FAILURE_REASONS:
             lines.append(
                 f'{name}{{model="{_label_value(m.name)}",reason="{reason}",'
-                f'version="{m.version}"}} {m.stats.failures[reason]}'
+                f'version="{m.version}"}} {m.statistics.failures[reason]}'
             )
     return lines
 
 
-def _labels(m: ModelVersion) -> str:
+def _labels(m: ModelView) -> str:
     return f'model="{_label_value(m.name)}",version="{m.version}"'
 
 
@@ -163,10 +162,10 @@ def _gauge(name: str, text: str) -> GaugeMetricFamily:
 
 
 class _ModelState:
-    """Scrape-time gauges from the registry: queue depth, batches in flight, readiness."""
+    """Scrape-time gauges of each version served: queue depth, batches in flight, readiness."""
 
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
+    def __init__(self, models: Models) -> None:
+        self._models = models
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -181,12 +180,12 @@ class _ModelState:
             "conveyor_model_ready", "1 when the version serves", labels=["model", "version"]
         )
         signals = {name: _gauge(name, text) for name, text in SIGNALS}
-        for m in self._registry.models():
+        for m in self._models():
             labels = [m.name, m.version]
-            depth.add_metric(labels, m.batcher.depth)
-            busy.add_metric(labels, m.batcher.in_flight)
+            depth.add_metric(labels, m.queue_depth)
+            busy.add_metric(labels, m.batches_in_flight)
             ready.add_metric(labels, 1.0 if m.ready else 0.0)
-            load = m.load.signals(m.batcher.depth)
+            load = m.signals()
             for name, _ in SIGNALS:
                 signals[name].add_metric(labels, float(load[SIGNAL_KEYS[name]]))
         yield from (depth, busy, ready, *signals.values())
@@ -208,9 +207,9 @@ class DriftCollector:
 
 
 class Metrics:
-    """Owns the metric objects (no global registry) and renders one scrape."""
+    """Owns the metric objects (no global registry) and renders one scrape of `models`."""
 
-    def __init__(self, registry: Registry | None = None, allow_gpu_metrics: bool = True) -> None:
+    def __init__(self, models: Models | None = None, allow_gpu_metrics: bool = True) -> None:
         self.prom = CollectorRegistry(auto_describe=False)
         reader = GpuReader() if allow_gpu_metrics else None
         self.gpu = reader if reader is not None and reader.available else None
@@ -242,23 +241,23 @@ class Metrics:
             registry=self.prom,
         )
         ProcessCollector(registry=self.prom)
-        self.registry = registry
-        if registry is not None:
-            self.attach(registry)
+        self.models: Models = models or (lambda: ())
+        self.prom.register(_ModelState(self._served))
+        self.prom.register(DriftCollector(self._drift_monitors))
 
-    def attach(self, registry: Registry) -> None:
-        self.registry = registry
-        self.prom.register(_ModelState(registry))
-        self.prom.register(DriftCollector(registry.drift_monitors))
+    def _served(self) -> Iterable[ModelView]:
+        return self.models()
 
-    def observers_for(self, name: str, version: str) -> Sequence[ModelObserver]:
-        """What the registry attaches to each new model version."""
-        return [ModelMetrics(self, name, version)]
+    def _drift_monitors(self) -> Iterator[DriftMonitor]:
+        return (m.drift for m in self.models() if m.drift is not None)
+
+    def subscriber(self, name: str, version: str) -> Subscriber:
+        """The metrics' subscriber to one new model version's events."""
+        return ModelMetrics(self, name, version)
 
     def render(self, gpu_samples: Sequence[GpuSample] | None = None) -> bytes:
         """One scrape; GPU samples are read here unless the caller read them already."""
-        models = list(self.registry.models()) if self.registry is not None else []
-        text = triton_text(models)
+        text = triton_text(list(self.models()))
         if self.gpu is not None:
             text += gpu_text(self.gpu.sample() if gpu_samples is None else gpu_samples)
         return text.encode() + generate_latest(self.prom)
@@ -269,7 +268,7 @@ class Metrics:
         return self.render(samples)
 
 
-class ModelMetrics(ModelObserver):
+class ModelMetrics(Subscriber):
     """One version's metric children, resolved once so the hot path does no label lookups."""
 
     def __init__(self, metrics: Metrics, name: str, version: str) -> None:
@@ -278,14 +277,11 @@ class ModelMetrics(ModelObserver):
         self._batch = metrics.batch_size.labels(name, version)
         self._errors = {r: metrics.errors.labels(name, version, r) for r in FAILURE_REASONS}
 
-    def on_batch(self, times: BatchTimes, batch: Sequence[Pending], ok: bool) -> None:
-        for item in batch:
-            self._queue.observe((times.dispatched_ns - item.enqueued_ns) / 1e9)
-        if ok:
-            self._batch.observe(times.size)
-
-    def on_rejected(self, item: Pending, error: ServingError) -> None:
-        """Counted in request_done, which every rejected request reaches."""
+    def batch_done(self, batch: BatchDone) -> None:
+        for request in batch.requests:
+            self._queue.observe((batch.dispatched_ns - request.enqueued_ns) / 1e9)
+        if batch.ok:
+            self._batch.observe(batch.size)
 
     def request_done(self, duration_ns: int, error: BaseException | None, protocol: str) -> None:
         child = self._request.get(protocol) or self._request[""]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.batching.batcher import BatchTimes
+from runtime.events import BatchDone
 from runtime.monitoring.autoscale import BUCKETS, AutoscalePolicy, LoadWindow
 
 S = 1_000_000_000
@@ -37,7 +37,9 @@ def test_rates_levels_and_utilisation_over_the_window() -> None:
     for _ in range(10):  # ten requests, each in flight for 0.5 s, one batch of 0.25 s each
         load.arrived()
         clock.now += S // 2
-        load.on_batch(BatchTimes(1, 0, 0, 0, dispatched_ns=clock.now - S // 4), [], ok=True)
+        load.batch_done(
+            BatchDone(1, 0, 0, 0, dispatched_ns=clock.now - S // 4, requests=[], ok=True)
+        )
         load.request_done(S // 2, None, "http")
     signals = load.signals(queue_depth=3)
     assert signals["window_s"] == 5.0
@@ -70,8 +72,8 @@ def _steady(
     step = S // 10
     for _ in range(100):
         clock.now += step
-        load.on_batch(
-            BatchTimes(1, 0, 0, 0, dispatched_ns=clock.now - int(step * utilisation)), [], True
+        load.batch_done(
+            BatchDone(1, 0, 0, 0, clock.now - int(step * utilisation), requests=[], ok=True)
         )
         for _ in range(int(rate / 10)):
             load.request_done(0, None, "http")

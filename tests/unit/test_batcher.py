@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from runtime import config as cfg
-from runtime.batching.batcher import BatchObserver, BatchTimes, DynamicBatcher
-from runtime.batching.queue import Pending
+from runtime.batching.batcher import DynamicBatcher
 from runtime.config import BatchingConfig, GraphTensor, ModelConfig, QueuePolicy, TensorSpec
 from runtime.errors import Cancelled, InternalError, InvalidInput, ServingError, Unavailable
+from runtime.events import BatchDone, Events, QueuedRequest, Subscriber
+from runtime.monitoring.stats import ModelStatistics
 from runtime.proto import model_config_pb2 as pb
-from runtime.statistics import ModelStatistics
+from runtime.types import InferenceRequest, InputTensor
 
 WAIT_S = 5.0  # how long a fake run or a test waits for the other side before failing
 HOUR_US = 3_600_000_000
@@ -105,19 +106,19 @@ class FakeModel:
             return [len(c) for c in self.calls]
 
 
-class Recorder(BatchObserver):
+class Recorder(Subscriber):
     """Keeps what the batcher reports."""
 
     def __init__(self) -> None:
         self.batches: list[tuple[int, int, bool]] = []
-        self.rejected: list[ServingError] = []
+        self.refused: list[BaseException] = []
 
-    def on_batch(self, times: BatchTimes, batch: Sequence[Pending], ok: bool) -> None:
-        assert times.size == sum(p.rows for p in batch)
-        self.batches.append((times.size, len(batch), ok))
+    def batch_done(self, batch: BatchDone) -> None:
+        assert batch.size == sum(p.rows for p in batch.requests)
+        self.batches.append((batch.size, len(batch.requests), batch.ok))
 
-    def on_rejected(self, item: Pending, error: ServingError) -> None:
-        self.rejected.append(error)
+    def rejected(self, request: QueuedRequest, error: BaseException) -> None:
+        self.refused.append(error)
 
 
 def rows(n: int, first: float, width: int = 2) -> Arrays:
@@ -140,10 +141,12 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
 async def batcher_for(
     config: ModelConfig,
     model: FakeModel,
-    observer: BatchObserver | None = None,
+    observer: Subscriber | None = None,
     default_max_queue_size: int = 0,
 ) -> AsyncIterator[DynamicBatcher]:
-    batcher = DynamicBatcher(config, model, observer or Recorder(), default_max_queue_size)
+    batcher = DynamicBatcher(
+        config, model, events(observer), default_max_queue_size=default_max_queue_size
+    )
     batcher.start()
     try:
         yield batcher
@@ -152,8 +155,18 @@ async def batcher_for(
         await batcher.stop(drain=False)
 
 
+def events(*subscribers: Subscriber | None) -> Events:
+    """The batcher's events, to a fresh Recorder when no subscriber is given."""
+    return Events([s for s in subscribers if s is not None] or [Recorder()])
+
+
+def request(data: Arrays, **kwargs: Any) -> InferenceRequest:
+    inputs = {name: InputTensor(name, "FP32", arr) for name, arr in data.items()}
+    return InferenceRequest("fake", inputs=inputs, **kwargs)
+
+
 def submit(batcher: DynamicBatcher, data: Arrays, **kwargs: Any) -> asyncio.Future[Arrays]:
-    return batcher.submit(data, len(data["INPUT0"]), **kwargs)
+    return batcher.submit(request(data, **kwargs))
 
 
 async def check_own_rows(futures: Sequence[asyncio.Future[Arrays]], sent: Sequence[Arrays]) -> None:
@@ -336,7 +349,7 @@ def test_full_queue_is_refused_at_submit() -> None:
             with pytest.raises(
                 Unavailable, match=r"^\[request id: r4\] Exceeds maximum queue size$"
             ):
-                submit(batcher, rows(1, 300), request_id="r4")
+                submit(batcher, rows(1, 300), id="r4")
             with pytest.raises(Unavailable, match=r"\[request id: <id_unknown>\] Exceeds maximum"):
                 submit(batcher, rows(1, 400))
             assert batcher.depth == 2
@@ -392,7 +405,7 @@ def test_expired_request_fails_and_never_reaches_the_model() -> None:
             await check_own_rows([waiting], [kept])
             await busy
         assert [c[:, 0].tolist() for c in model.calls] == [[0], [200]]
-        assert [e.message for e in recorder.rejected] == ["Request timeout expired"]
+        assert [e.message for e in recorder.refused] == ["Request timeout expired"]
 
     run(body())
 
@@ -471,7 +484,7 @@ def test_cancelled_caller_is_dropped_at_dequeue() -> None:
             # the loop is alive
             await check_own_rows([submit(batcher, rows(1, 900))], [rows(1, 900)])
         assert [c[:, 0].tolist() for c in model.calls] == [[0], [100, 300, 302], [900]]
-        assert recorder.rejected == []
+        assert recorder.refused == []
         assert batcher.failed is None
 
     run(body())
@@ -605,7 +618,7 @@ def test_one_instance_runs_one_batch_at_a_time() -> None:
 def test_stop_with_drain_finishes_queued_work() -> None:
     async def body() -> None:
         model = FakeModel()
-        batcher = DynamicBatcher(make_config(8, delay_us=HOUR_US), model, Recorder())
+        batcher = DynamicBatcher(make_config(8, delay_us=HOUR_US), model, events())
         batcher.start()
         model.block()
         first = rows(8, 0)
@@ -629,7 +642,7 @@ def test_stop_with_drain_finishes_queued_work() -> None:
 def test_stop_without_drain_answers_queued_requests() -> None:
     async def body() -> None:
         model = FakeModel()
-        batcher = DynamicBatcher(make_config(8, delay_us=HOUR_US), model, Recorder())
+        batcher = DynamicBatcher(make_config(8, delay_us=HOUR_US), model, events())
         batcher.start()
         model.block()
         first = rows(8, 0)
@@ -651,7 +664,7 @@ def test_stop_without_drain_answers_queued_requests() -> None:
 def test_submit_after_stop_is_unavailable() -> None:
     async def body() -> None:
         model = FakeModel()
-        batcher = DynamicBatcher(make_config(8), model, Recorder())
+        batcher = DynamicBatcher(make_config(8), model, events())
         batcher.start()
         await check_own_rows([submit(batcher, rows(1, 0))], [rows(1, 0)])
         await batcher.stop()
@@ -720,7 +733,7 @@ def test_statistics_count_executions_inferences_and_queue() -> None:
 class BrokenObserver(Recorder):
     """An observer that fails, which crashes the batch loop when a request expires."""
 
-    def on_rejected(self, item: Pending, error: ServingError) -> None:
+    def rejected(self, request: QueuedRequest, error: BaseException) -> None:
         raise RuntimeError("observer bug")
 
 
@@ -741,7 +754,7 @@ async def crash_the_loop(batcher: DynamicBatcher, model: FakeModel) -> list[asyn
 
 def broken_batcher(model: FakeModel) -> DynamicBatcher:
     policy = QueuePolicy(default_timeout_us=HOUR_US, allow_timeout_override=True)
-    return DynamicBatcher(make_config(8, policy=policy), model, BrokenObserver())
+    return DynamicBatcher(make_config(8, policy=policy), model, events(BrokenObserver()))
 
 
 def test_crashed_loop_fails_queued_requests_and_refuses_new_ones() -> None:
@@ -858,7 +871,7 @@ def test_request_whose_client_went_away_is_dropped_at_dequeue() -> None:
                 await gone
             await check_own_rows([busy, waiting], [rows(1, 0), kept])
         assert [c[0, 0] for c in model.calls] == [0, 200]
-        assert [type(e) for e in recorder.rejected] == [Cancelled]
+        assert [type(e) for e in recorder.refused] == [Cancelled]
 
     run(body())
 
@@ -932,7 +945,9 @@ def test_runs_stay_on_instance_threads_when_inline_is_off(
     async def body() -> None:
         model = ThreadRecorder()
         loop_thread = threading.get_ident()
-        batcher = DynamicBatcher(inline_config(inline_run_us), model, Recorder(), 0, batcher_inline)
+        batcher = DynamicBatcher(
+            inline_config(inline_run_us), model, events(), inline=batcher_inline
+        )
         batcher.start()
         try:
             for i in range(4):
@@ -970,14 +985,17 @@ def test_a_slow_tap_sees_each_batch_without_moving_runs_off_the_loop() -> None:
     the model's: a 2 ms tap behind a fast model leaves the runs inline."""
     seen: list[tuple[Arrays, Arrays]] = []
 
-    def slow_tap(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
-        threading.Event().wait(0.002)
-        seen.append((dict(inputs), dict(outputs)))
+    class SlowTap(Subscriber):
+        def batch_ran(
+            self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+        ) -> None:
+            threading.Event().wait(0.002)
+            seen.append((dict(inputs), dict(outputs)))
 
     async def body() -> None:
         model = ThreadRecorder()
         loop_thread = threading.get_ident()
-        batcher = DynamicBatcher(inline_config(1000), model, Recorder(), 0, True, slow_tap)
+        batcher = DynamicBatcher(inline_config(1000), model, events(Recorder(), SlowTap()))
         batcher.start()
         sent = [rows(1, i) for i in range(4)]
         try:

@@ -1,4 +1,4 @@
-"""The GPU runner (pinned staging, IO binding, steps on the device), on numba's CUDA simulator.
+"""The GPU backend (pinned staging, IO binding, steps on the device), on numba's CUDA simulator.
 
 With NUMBA_ENABLE_CUDASIM=1 (tests/conftest.py) the device kernels run on the CPU and
 "device" arrays live in host memory, which ONNX Runtime's CPU provider reads through IO
@@ -17,7 +17,10 @@ import onnxruntime as ort
 import pytest
 
 from runtime import pipeline as pipe
-from runtime.backends.device import DeviceRunner, default_memory
+from runtime import steps
+from runtime.backends.onnx import OnnxBackend
+from runtime.backends.onnx_cuda import default_memory
+from runtime.loader import device_pipeline
 from tests.integration.test_pipeline import scale_model
 from tests.unit.test_pipeline import model_config, spec
 
@@ -31,18 +34,23 @@ if default_memory().ort_device == "cuda" and CUDA not in ort.get_available_provi
     )
 
 
-def session(factor: float, shape: list[int | str]) -> ort.InferenceSession:
+def session(factor: float, shape: list[int | str]) -> OnnxBackend:
     providers = [CUDA] if default_memory().ort_device == "cuda" else []
-    return ort.InferenceSession(
-        scale_model(factor, shape), providers=[*providers, "CPUExecutionProvider"]
-    )
+    return OnnxBackend(scale_model(factor, shape), providers=[*providers, "CPUExecutionProvider"])
 
 
-def host_run(sess: ort.InferenceSession, built: pipe.Pipeline) -> Any:
-    def run(inputs: Any) -> dict[str, np.ndarray]:
-        return dict(zip(["OUTPUT0"], sess.run(["OUTPUT0"], dict(inputs)), strict=True))
+def host_run(sess: OnnxBackend, built: pipe.Steps) -> Any:
+    """The same steps and session, every step on the host, session.run in between."""
+    return pipe.Pipeline(built.pre, sess, built.post, ["OUTPUT0"]).run
 
-    return built.wrap(run)
+
+def on_device(built: pipe.Steps, sess: OnnxBackend) -> pipe.Pipeline:
+    return device_pipeline(sess, built, ["OUTPUT0"], default_memory())
+
+
+def steps_on_device(runner: pipe.Pipeline) -> tuple[bool, bool]:
+    """Whether the pre and the post steps run on the device (empty stages count as yes)."""
+    return not runner.pre, not runner.post
 
 
 STANDARDIZE_SOFTMAX = {
@@ -57,8 +65,8 @@ STANDARDIZE_SOFTMAX = {
 }
 
 
-def build(doc: dict[str, Any], tmp_path: Path, **config: str) -> pipe.Pipeline:
-    return pipe.build(spec(doc), tmp_path, model_config(**config))
+def build(doc: dict[str, Any], tmp_path: Path, **config: str) -> pipe.Steps:
+    return steps.build(spec(doc), tmp_path, model_config(**config))
 
 
 def io4() -> dict[str, str]:
@@ -72,8 +80,8 @@ def io4() -> dict[str, str]:
 def test_steps_on_the_device_match_the_host_path(tmp_path: Path, rows: int) -> None:
     built = build(STANDARDIZE_SOFTMAX, tmp_path, **io4())
     sess = session(2.0, ["batch", 4])
-    runner = DeviceRunner(sess, built, ["OUTPUT0"])
-    assert runner.steps_on_device == (True, True)
+    runner = on_device(built, sess)
+    assert steps_on_device(runner) == (True, True)
     x = np.random.default_rng(rows).normal(size=(rows, 4)).astype(np.float32)
     got = runner.run({"INPUT0": x})["OUTPUT0"]
     want = host_run(sess, built)({"INPUT0": x})["OUTPUT0"]
@@ -98,7 +106,7 @@ def test_normalize_image_on_the_device(tmp_path: Path) -> None:
     built = build(doc, tmp_path, **io)
     sess = session(1.0, ["batch", 3, 4, 5])
     img = np.random.default_rng(0).integers(0, 256, (2, 4, 5, 3), dtype=np.uint8)
-    got = DeviceRunner(sess, built, ["OUTPUT0"]).run({"INPUT0": img})["OUTPUT0"]
+    got = on_device(built, sess).run({"INPUT0": img})["OUTPUT0"]
     want = host_run(sess, built)({"INPUT0": img})["OUTPUT0"]
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -114,8 +122,8 @@ def test_a_step_without_a_device_version_runs_that_stage_on_the_host(tmp_path: P
     }
     built = build(doc, tmp_path, **io)
     sess = session(1.0, ["batch", 4])
-    runner = DeviceRunner(sess, built, ["OUTPUT0"])
-    assert runner.steps_on_device == (False, True)
+    runner = on_device(built, sess)
+    assert steps_on_device(runner) == (False, True)
     x = np.array([[-1.0, 0.5, 1.0, 2.0]], np.float32)
     # bucketize gives int64, which this FP32 model refuses: the host stage ran, as on the host.
     with pytest.raises(Exception, match=r"(?i)int64|type"):
@@ -126,8 +134,8 @@ def test_softmax_along_another_axis_stays_on_the_host(tmp_path: Path) -> None:
     doc = {"post": [{"kernel": "softmax", "tensor": "OUTPUT0", "args": {"axis": 0}}]}
     built = build(doc, tmp_path, **io4())
     sess = session(1.0, ["batch", 4])
-    runner = DeviceRunner(sess, built, ["OUTPUT0"])
-    assert runner.steps_on_device == (True, False)
+    runner = on_device(built, sess)
+    assert steps_on_device(runner) == (True, False)
     x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
     got = runner.run({"INPUT0": x})["OUTPUT0"]
     np.testing.assert_allclose(got.sum(axis=0), 1.0, rtol=1e-5)
@@ -137,7 +145,7 @@ def test_threads_keep_their_own_staging_buffers(tmp_path: Path) -> None:
     """Several instances run batches at once; each thread stages into its own pinned buffer."""
     built = build(STANDARDIZE_SOFTMAX, tmp_path, **io4())
     sess = session(2.0, ["batch", 4])
-    runner = DeviceRunner(sess, built, ["OUTPUT0"])
+    runner = on_device(built, sess)
     reference = host_run(sess, built)
     errors: list[str] = []
 

@@ -19,8 +19,10 @@ import pytest
 from runtime import snapshot
 from runtime.control import RepositoryPoller
 from runtime.errors import NotFound, Unavailable
+from runtime.loader import InstanceSettings
 from runtime.registry import READY, UNAVAILABLE, Registry
 from runtime.snapshot import Snapshot, Source, VersionPlan
+from runtime.types import InferenceRequest, InputTensor
 from tests import models
 
 TIMEOUT_S = 30.0
@@ -63,10 +65,16 @@ def write_offset_model(root: Path, name: str, extra: str = "", versions: int = 1
     return model_dir
 
 
+def zeros_request() -> InferenceRequest:
+    """One row of zeros for an FP32 [batch, 4] model."""
+    data = np.zeros((1, 4), np.float32)
+    return InferenceRequest("m", inputs={"INPUT0": InputTensor("INPUT0", "FP32", data)})
+
+
 async def infer(registry: Registry, name: str, version: str = "") -> np.ndarray:
     """One row of zeros through the named model's batcher; the output row."""
     model = registry.get(name, version)
-    future = model.batcher.submit({"INPUT0": np.zeros((1, 4), np.float32)}, 1)
+    future = model.batcher.submit(zeros_request())
     return (await future)["OUTPUT0"][0]
 
 
@@ -74,7 +82,7 @@ def with_registry(root: Path, body: Callable[[Registry], Awaitable[None]]) -> No
     """Run body against a registry over root, closing every model afterwards."""
 
     async def main() -> None:
-        registry = Registry([root], device="cpu")
+        registry = Registry([root], InstanceSettings(device="cpu"))
         try:
             await body(registry)
         finally:
@@ -293,10 +301,10 @@ def test_reload_reuses_unchanged_versions(tmp_path: Path) -> None:
         entry = await registry.load("m")
         assert entry.versions[1] is v1
         assert entry.versions[2] is not v2
-        assert v1.stats.to_dict()["inference_count"] == 1  # the statistics carried over
+        assert v1.statistics.to_dict()["inference_count"] == 1  # the statistics carried over
         np.testing.assert_array_equal(await infer(registry, "m", "2"), np.full(4, 0.5))
         with pytest.raises(Unavailable, match="not accepting"):
-            v2.batcher.submit({"INPUT0": np.zeros((1, 4), np.float32)}, 1)  # drained, closed
+            v2.batcher.submit(zeros_request())  # drained, closed
 
     with_registry(tmp_path, body)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from google.protobuf import text_format
 import kernels
 from runtime import config as cfg
 from runtime import pipeline as pipe
-from runtime.config import ConfigError, ModelConfig
+from runtime import steps
+from runtime.config import ConfigError, GraphTensor, ModelConfig
 from runtime.proto import model_config_pb2 as pb
 
 
@@ -31,12 +33,43 @@ def spec(doc: dict[str, object]) -> pipe.PipelineSpec:
     return pipe.PipelineSpec.model_validate(doc)
 
 
+Arrays = Mapping[str, np.ndarray]
+
+
+class FunctionBackend:
+    """A backend that runs a function and keeps what it was handed."""
+
+    thread_bound = False
+
+    def __init__(self, function: Callable[[Arrays], dict[str, np.ndarray]]) -> None:
+        self.function = function
+        self.handed: list[Arrays] = []
+
+    def graph_inputs(self) -> Sequence[GraphTensor]:
+        return ()
+
+    def graph_outputs(self) -> Sequence[GraphTensor]:
+        return ()
+
+    def run(self, inputs: Arrays, output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.handed.append(inputs)
+        return self.function(inputs)
+
+    def close(self) -> None:
+        pass
+
+
 def test_no_settings_is_an_empty_pipeline(tmp_path: Path) -> None:
     settings = pipe.read_settings(tmp_path, {})
-    built = pipe.build(settings.pipeline, tmp_path, model_config())
+    built = steps.build(settings.pipeline, tmp_path, model_config())
     assert not built
-    run = lambda inputs: dict(inputs)  # noqa: E731
-    assert built.wrap(run) is run
+    answer = {"y": np.zeros(1)}
+    backend = FunctionBackend(lambda inputs: answer)
+    sent = {"x": np.zeros(1)}
+    # No steps: the batch goes to the backend as it is, and its answer comes back as it is.
+    assert pipe.Pipeline(built.pre, backend, built.post, ["y"]).run(sent) is answer
+    assert backend.handed == [sent]
+    assert backend.handed[0] is sent
 
 
 def test_yaml_settings_and_array_references(tmp_path: Path) -> None:
@@ -53,18 +86,19 @@ def test_yaml_settings_and_array_references(tmp_path: Path) -> None:
     np.savez(version / "pipeline.npz", mean=np.arange(4, dtype=np.float32))
     settings = pipe.read_settings(tmp_path, {})
     assert settings.drift == {"window_samples": 10}
-    built = pipe.build(settings.pipeline, version, model_config())
+    built = steps.build(settings.pipeline, version, model_config())
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     fed = built.run_pre({"x": x})["x"]
     np.testing.assert_allclose(fed, (x - np.arange(4)) / np.array([1, 2, 4, 8]))
-    out = built.wrap(lambda inputs: {"y": inputs["x"] * 2})({"x": x})["y"]
+    backend = FunctionBackend(lambda inputs: {"y": inputs["x"] * 2})
+    out = pipe.Pipeline(built.pre, backend, built.post, ["y"]).run({"x": x})["y"]
     np.testing.assert_allclose(out, kernels.softmax(fed * 2), rtol=1e-6)
 
 
 def test_parameter_form_is_json(tmp_path: Path) -> None:
     params = {"conveyor.pipeline": '{"post": [{"kernel": "sigmoid", "tensor": "y"}]}'}
     settings = pipe.read_settings(tmp_path, params)
-    built = pipe.build(settings.pipeline, tmp_path, model_config())
+    built = steps.build(settings.pipeline, tmp_path, model_config())
     y = np.array([[0.0, 100.0, -100.0, 1.0]], np.float32)
     np.testing.assert_allclose(built.run_post({"y": y})["y"], kernels.sigmoid(y))
 
@@ -117,14 +151,14 @@ def test_bad_steps_fail_the_load_with_a_reason(
     tmp_path: Path, doc: dict[str, object], match: str
 ) -> None:
     with pytest.raises(ConfigError, match=match):
-        pipe.build(spec(doc), tmp_path, model_config())
+        steps.build(spec(doc), tmp_path, model_config())
 
 
 def test_missing_array_name_lists_what_the_file_holds(tmp_path: Path) -> None:
     np.savez(tmp_path / "pipeline.npz", mean=np.zeros(4))
     doc = {"pre": [{"kernel": "standardize", "tensor": "x", "args": {"mean": "@m", "std": "@s"}}]}
     with pytest.raises(ConfigError, match=r"'@m'.*holds \['mean'\]"):
-        pipe.build(spec(doc), tmp_path, model_config())
+        steps.build(spec(doc), tmp_path, model_config())
 
 
 def image_config() -> ModelConfig:
@@ -148,8 +182,8 @@ def test_client_config_takes_the_declared_input_and_the_post_dtype(tmp_path: Pat
         "post": [{"kernel": "softmax", "tensor": "y"}],
     }
     config = image_config()
-    built = pipe.build(spec(doc), tmp_path, config)
-    seen = pipe.client_config(spec(doc), built, config)
+    built = steps.build(spec(doc), tmp_path, config)
+    seen = steps.client_config(spec(doc), built, config)
     assert (seen.inputs[0].datatype, seen.inputs[0].dims) == ("UINT8", (4, 5, 3))
     # softmax gives float32, so clients get FP32 where the graph gives FP64.
     assert seen.outputs[0].datatype == "FP32"
@@ -168,26 +202,26 @@ def test_client_config_refuses_steps_that_do_not_fit_the_model(tmp_path: Path) -
         ]
     }
     config = image_config()
-    built = pipe.build(spec(doc), tmp_path, config)
+    built = steps.build(spec(doc), tmp_path, config)
     # Without a declared input the model's FP32 [3, 4, 5] is read as NHWC with 5 channels.
     with pytest.raises(ConfigError, match=r"pre steps fail on zeros.*mean has 2 values"):
-        pipe.client_config(spec(doc), built, config)
+        steps.client_config(spec(doc), built, config)
 
 
 def test_client_config_names_the_shape_the_steps_produce(tmp_path: Path) -> None:
     doc = {"pre": [{"kernel": "one_hot", "tensor": "x", "dims": [], "args": {"n": 3}}]}
     config = model_config()
-    built = pipe.build(spec(doc), tmp_path, config)
+    built = steps.build(spec(doc), tmp_path, config)
     with pytest.raises(ConfigError, match=r"into float32 \[3\].*takes FP32 \[4\]"):
-        pipe.client_config(spec(doc), built, config)
+        steps.client_config(spec(doc), built, config)
 
 
 def test_unknown_client_datatype(tmp_path: Path) -> None:
     doc = {"pre": [{"kernel": "sigmoid", "tensor": "x", "datatype": "FLOAT"}]}
     config = model_config()
-    built = pipe.build(spec(doc), tmp_path, config)
+    built = steps.build(spec(doc), tmp_path, config)
     with pytest.raises(ConfigError, match="unknown datatype 'FLOAT'"):
-        pipe.client_config(spec(doc), built, config)
+        steps.client_config(spec(doc), built, config)
 
 
 WARM_SCRIPT = """
@@ -195,7 +229,7 @@ import json
 from pathlib import Path
 from google.protobuf import text_format
 from kernels import compiled
-from runtime import config as cfg, pipeline as pipe
+from runtime import config as cfg, pipeline as pipe, steps
 from runtime.proto import model_config_pb2 as pb
 
 text = ('name: "m" platform: "onnxruntime_onnx" max_batch_size: 256 '
@@ -206,7 +240,7 @@ doc = pipe.PipelineSpec.model_validate(
     {"pre": [{"kernel": "standardize", "tensor": "x", "args": {"mean": 0.5, "std": 2.0}}]}
 )
 before = list(compiled._standardize.signatures)
-pipe.client_config(doc, pipe.build(doc, Path("."), config), config)
+steps.client_config(doc, steps.build(doc, Path("."), config), config)
 print(json.dumps([len(before), sorted(str(s[0]) for s in compiled._standardize.signatures)]))
 """
 

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from runtime import repository, tensors
+from runtime import classification, repository
 from runtime.config import ConfigError, read_config_file
+from runtime.loader import InstanceSettings, load_instance, warm_up
 from runtime.monitoring import profile
 from runtime.monitoring.drift import DriftMonitor
 from runtime.proto import model_config_pb2 as pb
 from tests import models
+
+CPU = InstanceSettings(device="cpu")
 
 
 def policy(text: str) -> pb.ModelConfig:
@@ -74,10 +77,10 @@ def test_select_versions_missing_specific_version() -> None:
         repository.select_versions([1, 3, 7], message)
 
 
-def test_load_version_add_sub(tmp_path: Path) -> None:
+def test_load_instance_add_sub(tmp_path: Path) -> None:
     model_dir = models.add_sub_fp32(tmp_path)
-    loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
-    assert loaded.version == 1
+    loaded = load_instance(model_dir, 1, read_config_file(model_dir), CPU)
+    assert loaded.version == "1"
     config = loaded.config
     assert config.name == "add_sub_fp32"
     assert config.max_batch_size == 8
@@ -87,12 +90,12 @@ def test_load_version_add_sub(tmp_path: Path) -> None:
     assert config.output("OUTPUT0").labels == ("label0", "label1", "label2", "label3")  # type: ignore[union-attr]
     a = np.arange(8, dtype=np.float32).reshape(2, 4)
     b = np.full((2, 4), 0.5, dtype=np.float32)
-    out = loaded.backend.run({"INPUT0": a, "INPUT1": b}, ["OUTPUT0", "OUTPUT1"])
+    out = loaded.pipeline.backend.run({"INPUT0": a, "INPUT1": b}, ["OUTPUT0", "OUTPUT1"])
     np.testing.assert_array_equal(out["OUTPUT0"], a + b)
     np.testing.assert_array_equal(out["OUTPUT1"], a - b)
 
 
-def test_load_version_warms_the_kernels_requests_and_batches_call(
+def test_load_instance_warms_the_kernels_requests_and_batches_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No request pays a Numba compile or cache load: the classification extension's topk
@@ -102,7 +105,7 @@ def test_load_version_warms_the_kernels_requests_and_batches_call(
     profile.save(profile.build(rows, "INPUT0"), model_dir / "1" / profile.FILENAME)
     classified: list[tuple[tuple[int, ...], np.dtype]] = []
     warmed: list[dict[str, tuple[int, ...]]] = []
-    real_classify = tensors.classify
+    real_classify = classification.classify
 
     def classify(arr: np.ndarray, *args: object) -> np.ndarray:
         classified.append((arr.shape, arr.dtype))
@@ -111,63 +114,65 @@ def test_load_version_warms_the_kernels_requests_and_batches_call(
     def warm(self: DriftMonitor, inputs: dict[str, np.ndarray], outputs: object) -> None:
         warmed.append({k: v.shape for k, v in inputs.items()})
 
-    monkeypatch.setattr(tensors, "classify", classify)
+    monkeypatch.setattr(classification, "classify", classify)
     monkeypatch.setattr(DriftMonitor, "warm", warm)
-    loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+    loaded = load_instance(model_dir, 1, read_config_file(model_dir), CPU)
     assert loaded.drift is not None
     assert classified == [((1, 4), np.dtype(np.float32))] * 2  # OUTPUT0 and OUTPUT1
     assert warmed == [{"INPUT0": (1, 4), "INPUT1": (1, 4)}]
 
 
-def test_load_version_completes_a_missing_config(tmp_path: Path) -> None:
+def test_load_instance_completes_a_missing_config(tmp_path: Path) -> None:
     model_dir = models.noconfig(tmp_path)
-    loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+    loaded = load_instance(model_dir, 1, read_config_file(model_dir), CPU)
     config = loaded.config
     assert config.name == "noconfig"
     assert config.max_batch_size == 4
     assert config.batching.enabled
     assert config.inputs[0].dims == (3,)
     x = np.ones((3, 3), dtype=np.float32)
-    np.testing.assert_array_equal(loaded.backend.run({"INPUT0": x}, ["OUTPUT0"])["OUTPUT0"], x * 3)
+    np.testing.assert_array_equal(
+        loaded.pipeline.backend.run({"INPUT0": x}, ["OUTPUT0"])["OUTPUT0"], x * 3
+    )
 
 
-def test_load_version_non_batching(tmp_path: Path) -> None:
+def test_load_instance_non_batching(tmp_path: Path) -> None:
     model_dir = models.nobatch_fp32(tmp_path)
-    loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+    loaded = load_instance(model_dir, 1, read_config_file(model_dir), CPU)
     assert loaded.config.max_batch_size == 0
     assert loaded.config.inputs[0].dims == (2, 3)
 
 
-def test_load_version_picks_the_asked_version(tmp_path: Path) -> None:
+def test_load_instance_picks_the_asked_version(tmp_path: Path) -> None:
     model_dir = models.two_versions(tmp_path)
     message = read_config_file(model_dir)
     assert repository.select_versions(repository.version_folders(model_dir), message) == [1, 2]
     x = np.zeros((1, 4), dtype=np.float32)
     for version in (1, 2):
-        loaded = repository.load_version(model_dir, version, message, device="cpu")
-        out = loaded.backend.run({"INPUT0": x}, ["OUTPUT0"])["OUTPUT0"]
+        loaded = load_instance(model_dir, version, message, CPU)
+        out = loaded.pipeline.backend.run({"INPUT0": x}, ["OUTPUT0"])["OUTPUT0"]
         np.testing.assert_array_equal(out, x + version)
 
 
-def test_load_version_missing_file(tmp_path: Path) -> None:
+def test_load_instance_missing_file(tmp_path: Path) -> None:
     model_dir = models.add_sub_fp32(tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
-        repository.load_version(model_dir, 2, read_config_file(model_dir), device="cpu")
+        load_instance(model_dir, 2, read_config_file(model_dir), CPU)
 
 
-def test_load_version_corrupt_model(tmp_path: Path) -> None:
+def test_load_instance_corrupt_model(tmp_path: Path) -> None:
     model_dir = models.corrupt(tmp_path)
     with pytest.raises(ConfigError, match="ONNX Runtime cannot load"):
-        repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+        load_instance(model_dir, 1, read_config_file(model_dir), CPU)
 
 
-def test_load_version_config_that_does_not_match_the_graph(tmp_path: Path) -> None:
+def test_load_instance_config_that_does_not_match_the_graph(tmp_path: Path) -> None:
     model_dir = models.write_model(tmp_path, "add_sub_fp32")
     io: list[models.Tensor] = [("INPUT0", "INT32", [4]), ("INPUT1", "FP32", [4])]
     out: list[models.Tensor] = [("OUTPUT0", "FP32", [4])]
     models.write_config(model_dir, models.config_text("add_sub_fp32", 8, io, out))
     with pytest.raises(ConfigError, match="INPUT0"):
-        repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+        load_instance(model_dir, 1, read_config_file(model_dir), CPU)
 
 
 @pytest.mark.parametrize("builder", [models.identity_bytes, models.identity_fp16, models.all_types])
@@ -176,16 +181,16 @@ def test_warm_up_succeeds(
 ) -> None:
     """Warm-up runs the model for real: no exception and no 'warm-up failed' warning."""
     model_dir = builder(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="runtime.repository"):
-        loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
-        repository.warm_up(loaded.backend, loaded.config)
+    with caplog.at_level(logging.WARNING, logger="runtime.loader"):
+        loaded = load_instance(model_dir, 1, read_config_file(model_dir), CPU)
+        warm_up(loaded.pipeline.backend, loaded.config)
     assert [r.getMessage() for r in caplog.records if "warm-up" in r.getMessage()] == []
 
 
 def test_bytes_model_runs_on_bytes(tmp_path: Path) -> None:
     model_dir = models.identity_bytes(tmp_path)
-    loaded = repository.load_version(model_dir, 1, read_config_file(model_dir), device="cpu")
+    loaded = load_instance(model_dir, 1, read_config_file(model_dir), CPU)
     data = np.array([[b"ab", b"\xc3\xa9"]], dtype=object)
-    out = loaded.backend.run({"INPUT0": data}, ["OUTPUT0"])["OUTPUT0"]
+    out = loaded.pipeline.backend.run({"INPUT0": data}, ["OUTPUT0"])["OUTPUT0"]
     assert out.shape == (1, 2)
     assert [str(v) for v in out.ravel()] == ["ab", "\u00e9"]

@@ -19,7 +19,7 @@ from tritonclient.utils import (  # type: ignore[import-untyped]
     serialize_byte_tensor,
 )
 
-from runtime import tensors
+from runtime import classification, tensors
 from runtime.errors import InvalidInput, Unsupported
 
 INTEGER = ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
@@ -504,35 +504,35 @@ def reference_classify(
 
 def test_classify_formats_like_triton() -> None:
     arr = np.array([[0.1, 0.5, 0.2, 0.5]], dtype=np.float32)
-    out = tensors.classify(arr, 3, ["zero", "one", "two", "three"], True)
+    out = classification.classify(arr, 3, ["zero", "one", "two", "three"], True)
     assert out.shape == (1, 3)
     expected = [b"0.500000:1:one", b"0.500000:3:three", b"0.200000:2:two"]
     assert out.tolist() == [expected]
 
 
 def test_classify_labels_shorter_than_classes_omit_the_label() -> None:
-    out = tensors.classify(np.array([1, 3, 2], dtype=np.int32), 3, ["a"], False)
+    out = classification.classify(np.array([1, 3, 2], dtype=np.int32), 3, ["a"], False)
     assert out.tolist() == [b"3:1", b"2:2", b"1:0:a"]
 
 
 def test_classify_unbatched_treats_the_whole_array_as_one_row() -> None:
     arr = np.array([[0.25, 0.75], [1.0, 0.0]], dtype=np.float64)
-    out = tensors.classify(arr, 2, None, False)
+    out = classification.classify(arr, 2, None, False)
     assert out.shape == (2,)
     assert out.tolist() == [b"1.000000:2", b"0.750000:1"]
 
 
 def test_classify_batched_flattens_all_but_the_first_axis() -> None:
     arr = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
-    out = tensors.classify(arr, 2, None, True)
+    out = classification.classify(arr, 2, None, True)
     assert out.tolist() == [[b"5.000000:5", b"4.000000:4"], [b"11.000000:5", b"10.000000:4"]]
 
 
 def test_classify_bool_and_extreme_unsigned() -> None:
-    out = tensors.classify(np.array([False, True, True]), 2, None, False)
+    out = classification.classify(np.array([False, True, True]), 2, None, False)
     assert out.tolist() == [b"1:1", b"1:2"]
     big = np.array([0, 2**64 - 1, 2**63], dtype=np.uint64)
-    assert tensors.classify(big, 3, None, False).tolist() == [
+    assert classification.classify(big, 3, None, False).tolist() == [
         f"{2**64 - 1}:1".encode(),
         f"{2**63}:2".encode(),
         b"0:0",
@@ -540,13 +540,13 @@ def test_classify_bool_and_extreme_unsigned() -> None:
 
 
 def test_classify_nan_ranks_last() -> None:
-    out = tensors.classify(np.array([np.nan, 0.5, -1.0]), 3, None, False)
+    out = classification.classify(np.array([np.nan, 0.5, -1.0]), 3, None, False)
     assert out.tolist() == [b"0.500000:1", b"-1.000000:2", b"nan:0"]
 
 
 def test_classify_empty_batch_and_zero_classes() -> None:
-    assert tensors.classify(np.zeros((0, 4), np.float32), 2, None, True).shape == (0, 2)
-    assert tensors.classify(np.zeros((3, 0), np.float32), 2, None, True).shape == (3, 0)
+    assert classification.classify(np.zeros((0, 4), np.float32), 2, None, True).shape == (0, 2)
+    assert classification.classify(np.zeros((3, 0), np.float32), 2, None, True).shape == (3, 0)
 
 
 @HYPOTHESIS
@@ -563,7 +563,7 @@ def test_classify_matches_reference(
     elements = st.sampled_from([0, 1, 2, 5, 7]).map(lambda v: np.dtype(dtype).type(v))
     arr = data.draw(hnp.arrays(dtype, hnp.array_shapes(min_dims=2, max_dims=3), elements=elements))
     labels = [f"c{i}" for i in range(5)] if with_labels else None
-    out = tensors.classify(arr, count, labels, True)
+    out = classification.classify(arr, count, labels, True)
     rows = arr.reshape(arr.shape[0], -1)
     assert out.shape == (arr.shape[0], min(count, rows.shape[1]))
     for got, row in zip(out.tolist(), rows.tolist(), strict=True):
@@ -572,8 +572,8 @@ def test_classify_matches_reference(
 
 def test_classify_refuses_bad_requests() -> None:
     with pytest.raises(InvalidInput, match="positive"):
-        tensors.classify(np.zeros(3), 0, None, False)
+        classification.classify(np.zeros(3), 0, None, False)
     with pytest.raises(InvalidInput, match="batch dimension"):
-        tensors.classify(np.array(1.0, dtype=np.float32), 1, None, True)
+        classification.classify(np.array(1.0, dtype=np.float32), 1, None, True)
     with pytest.raises(Unsupported, match="numeric"):
-        tensors.classify(np.array([b"a"], dtype=object), 1, None, False)
+        classification.classify(np.array([b"a"], dtype=object), 1, None, False)

@@ -1,19 +1,19 @@
 """A model version on the GPU: pinned staging, IO binding, pre/post steps on the device.
 
 When a session runs on ONNX Runtime's CUDA provider, `session.run` with numpy arrays copies
-each input to the device and each output back inside the call, from pageable memory. The
-device runner instead:
+each input to the device and each output back inside the call, from pageable memory. This
+backend instead:
 
 1. copies each batched input into a pinned (page-locked) host buffer, kept per thread and
    grown as needed, and from there to the device on its own stream, once;
-2. runs the pre steps there as numba.cuda kernels (kernels/cuda.py) when every pre step
-   has a device version, else on the host before the copy;
+2. runs its device steps there as numba.cuda kernels (kernels/cuda.py): the pre steps when
+   every one has a device version (else the pipeline runs them on the host, before);
 3. binds the device arrays to the session with IO binding, and binds the outputs to
    device memory that ONNX Runtime allocates;
-4. runs the post steps on the device outputs (or on the host after the copy back), and
-   copies each output to the host once.
+4. runs its device post steps on the device outputs (or the pipeline runs them on the host
+   after the copy back), and copies each output to the host once.
 
-Memory is reached through `DeviceMemory`, so that the same runner also runs, for its
+Memory is reached through `DeviceMemory`, so that the same backend also runs, for its
 tests, on numba's CUDA simulator with ONNX Runtime's CPU provider.
 """
 
@@ -28,7 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from runtime.pipeline import Pipeline, Step
+from runtime.backends.onnx import OnnxBackend
+from runtime.config import GraphTensor
 
 DeviceArray = Any  # a numba.cuda device array (or the simulator's stand-in)
 Kernel = Callable[..., DeviceArray]
@@ -121,6 +122,19 @@ def default_memory(device_id: int = 0) -> DeviceMemory:
     return CudaMemory(device_id)
 
 
+class KernelStep(Protocol):
+    """A resolved pipeline step as the device needs it: kernel name, tensor, arguments."""
+
+    @property
+    def kernel(self) -> str: ...
+
+    @property
+    def tensor(self) -> str: ...
+
+    @property
+    def args(self) -> Mapping[str, Any]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceStep:
     tensor: str
@@ -128,7 +142,7 @@ class DeviceStep:
     args: tuple[Any, ...]
 
 
-def device_steps(steps: Sequence[Step]) -> tuple[DeviceStep, ...] | None:
+def device_steps(steps: Sequence[KernelStep]) -> tuple[DeviceStep, ...] | None:
     """The steps as device kernels with their arrays uploaded once, or None when one of them
     has no device version (that stage then runs on the host)."""
     device_kernels: Any = importlib.import_module("kernels.cuda")
@@ -154,49 +168,53 @@ class _Staging(threading.local):
         self.buffers: dict[str, np.ndarray] = {}
 
 
-class DeviceRunner:
-    """Runs batches of one model version through IO binding, steps on the device."""
+class OnnxCudaBackend:
+    """An ONNX Runtime session on the CUDA provider, run through IO binding, with the steps
+    that run on the device (the pipeline runs the others on the host)."""
+
+    # Pinned staging buffers are kept per thread: batches stay on the instance threads.
+    thread_bound = True
 
     def __init__(
         self,
-        session: ort.InferenceSession,
-        pipeline: Pipeline,
-        output_names: Sequence[str],
+        onnx: OnnxBackend,
+        pre: Sequence[DeviceStep] = (),
+        post: Sequence[DeviceStep] = (),
         memory: DeviceMemory | None = None,
     ) -> None:
-        self.session = session
-        self.output_names = list(output_names)
+        self.onnx = onnx
+        self.session = onnx.session
         self.memory = memory or default_memory()
-        self.pipeline = pipeline
-        self.device_pre = device_steps(pipeline.pre)
-        self.device_post = device_steps(pipeline.post)
+        self.pre = tuple(pre)
+        self.post = tuple(post)
         self._staging = _Staging()
         # Small batches launch small grids, by design; numba would warn on each one.
         from numba import config
 
         setattr(config, "CUDA_LOW_OCCUPANCY_WARNINGS", 0)  # noqa: B010 (no stubs)
 
-    @property
-    def steps_on_device(self) -> tuple[bool, bool]:
-        """Whether the pre and the post steps run on the device (empty stages count as yes)."""
-        return self.device_pre is not None, self.device_post is not None
+    def graph_inputs(self) -> Sequence[GraphTensor]:
+        return self.onnx.graph_inputs()
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def graph_outputs(self) -> Sequence[GraphTensor]:
+        return self.onnx.graph_outputs()
+
+    def close(self) -> None:
+        self.onnx.close()
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         stream = _cuda().stream()
-        if self.device_pre is None:
-            inputs = Pipeline(pre=self.pipeline.pre).run_pre(inputs)
         device = {name: self._upload(name, arr, stream) for name, arr in inputs.items()}
-        for step in self.device_pre or ():
+        for step in self.pre:
             device[step.tensor] = step.kernel(device[step.tensor], *step.args, stream=stream)
         stream.synchronize()  # ONNX Runtime reads the inputs on its own stream
-        binding = self._bind(device)
+        binding = self._bind(device, output_names)
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
-        values = dict(zip(self.output_names, binding.get_outputs(), strict=True))
-        outputs = self._outputs(values, stream)
-        if self.device_post is None:
-            outputs = Pipeline(post=self.pipeline.post).run_post(outputs)
-        return outputs
+        values = dict(zip(output_names, binding.get_outputs(), strict=True))
+        return self._outputs(values, stream)
 
     def _upload(self, name: str, array: np.ndarray, stream: Any) -> DeviceArray:
         return _cuda().to_device(self._staged(name, array), stream=stream)
@@ -211,19 +229,21 @@ class DeviceRunner:
         np.copyto(view, array)
         return view
 
-    def _bind(self, device: Mapping[str, DeviceArray]) -> ort.IOBinding:
+    def _bind(
+        self, device: Mapping[str, DeviceArray], output_names: Sequence[str]
+    ) -> ort.IOBinding:
         m = self.memory
         binding = self.session.io_binding()
         for name, array in device.items():
             binding.bind_input(
                 name, m.ort_device, m.device_id, array.dtype, list(array.shape), m.pointer(array)
             )
-        for name in self.output_names:
+        for name in output_names:
             binding.bind_output(name, m.ort_device, m.device_id)
         return binding
 
     def _outputs(self, values: Mapping[str, ort.OrtValue], stream: Any) -> dict[str, np.ndarray]:
-        steps = self.device_post or ()
+        steps = self.post
         touched = {s.tensor for s in steps}
         outputs = {n: v.numpy() for n, v in values.items() if n not in touched}
         device = {n: self.memory.from_ort(values[n]) for n in touched}

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from runtime.batching.batcher import BatchObserver, BatchTimes
-from runtime.batching.queue import Pending
-from runtime.errors import Cancelled, InternalError, Rejected, ServingError
+from runtime.errors import Cancelled, InternalError, Rejected
+from runtime.events import BatchDone, QueuedRequest, Subscriber
 
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
@@ -27,13 +25,6 @@ def failure_reason(error: BaseException) -> str:
     if isinstance(error, InternalError):
         return "BACKEND"
     return "OTHER"
-
-
-class RequestObserver(Protocol):
-    """Told about every finished request of one model version (statistics, metrics)."""
-
-    def request_done(self, duration_ns: int, error: BaseException | None, protocol: str) -> None:
-        """`error` is None on success."""
 
 
 @dataclass(slots=True)
@@ -60,7 +51,7 @@ class BatchSizeStats:
     compute_output: Duration = field(default_factory=Duration)
 
 
-class ModelStatistics(BatchObserver):
+class ModelStatistics(Subscriber):
     """Counters for one model version; `to_dict` renders Triton's JSON."""
 
     def __init__(self, name: str, version: str) -> None:
@@ -79,11 +70,11 @@ class ModelStatistics(BatchObserver):
         # Triton's nv_inference_request_failure reasons.
         self.failures = dict.fromkeys(FAILURE_REASONS, 0)
 
-    def on_batch(self, times: BatchTimes, batch: Sequence[Pending], ok: bool) -> None:
-        n = len(batch)
-        for item in batch:
-            self.queue.add(times.dispatched_ns - item.enqueued_ns)
-        if not ok:
+    def batch_done(self, times: BatchDone) -> None:
+        n = len(times.requests)
+        for request in times.requests:
+            self.queue.add(times.dispatched_ns - request.enqueued_ns)
+        if not times.ok:
             return
         self.execution_count += 1
         self.inference_count += times.size
@@ -98,8 +89,8 @@ class ModelStatistics(BatchObserver):
         stats.compute_infer.add(times.infer_ns)
         stats.compute_output.add(times.output_ns)
 
-    def on_rejected(self, item: Pending, error: ServingError) -> None:
-        self.queue.add(time.monotonic_ns() - item.enqueued_ns)
+    def rejected(self, request: QueuedRequest, error: BaseException) -> None:
+        self.queue.add(time.monotonic_ns() - request.enqueued_ns)
 
     def request_done(self, duration_ns: int, error: BaseException | None, protocol: str) -> None:
         """Called by the data plane when a request's answer is ready (or failed)."""
