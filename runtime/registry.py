@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime import config as cfg
-from runtime import repository, snapshot
+from runtime import reload_plan, repository, snapshot
 from runtime.errors import InvalidInput, NotFound, Unavailable
 from runtime.instance import ModelInstance
 from runtime.loader import InstanceSettings, load_instance
@@ -229,9 +229,9 @@ class Registry:
             return _keep_old(name, old, now, str(exc))
         key = override.SerializeToString() if override is not None else b""
         served = _reusable(old)
-        chosen = snapshot.plan(wanted, served, now, key)
+        chosen = reload_plan.plan(wanted, served, now, key)
         fresh, failed = self._load_each(name, model_dir, message, chosen.load)
-        retire = snapshot.settle(chosen, failed, now.versions)
+        retire = reload_plan.settle(chosen, failed, now.versions)
         entry = ModelEntry(name, seen=now)
         kept = {v: m for v, m in (old.versions if old else {}).items() if v not in retire}
         for v, model in sorted({**kept, **fresh}.items()):

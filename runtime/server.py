@@ -21,12 +21,12 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from runtime.config import Restriction
-from runtime.control import RepositoryPoller
 from runtime.dataplane import DataPlane
 from runtime.instance import ModelInstance
 from runtime.loader import InstanceSettings
 from runtime.monitoring.autoscale import AutoscalePolicy
 from runtime.monitoring.metrics import Metrics
+from runtime.poller import RepositoryPoller
 from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
 from runtime.protocol.http.app import DEFAULT_MAX_INPUT_SIZE, create_app, create_metrics_app
 from runtime.registry import Registry

@@ -3,7 +3,13 @@
 Requests are queued; a loop forms batches whenever an instance is free (up to
 max_batch_size rows, a preferred size, or once the oldest request waited
 max_queue_delay), runs each batch in the model's thread pool, and hands every caller
-exactly its own rows back as views of the batch output.
+exactly its own rows back as views of the batch output. What it measures goes out as
+events (runtime/events.py).
+
+The rule is that model work never blocks the event loop. Its one measured exception:
+batches whose runs average under the model's `inline_run_us` (100 us by default) run on
+the loop, since handing them to a thread and back costs more than the run (BENCHMARKS.md,
+"inline runs"); a model that slows down moves back to its threads by itself.
 """
 
 from __future__ import annotations

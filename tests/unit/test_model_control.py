@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runtime import snapshot
-from runtime.control import RepositoryPoller
+from runtime import reload_plan, snapshot
 from runtime.errors import NotFound, Unavailable
 from runtime.loader import InstanceSettings
+from runtime.poller import RepositoryPoller
 from runtime.registry import READY, UNAVAILABLE, Registry
-from runtime.snapshot import Snapshot, Source, VersionPlan
+from runtime.reload_plan import VersionPlan
+from runtime.snapshot import Snapshot, Source
 from runtime.types import InferenceRequest, InputTensor
 from tests import models
 
@@ -214,18 +215,18 @@ def served(now: Snapshot, *versions: int) -> dict[int, Source]:
 
 def test_plan_first_load_builds_everything() -> None:
     now = disk(v1=SIG_A, v2=SIG_A)
-    assert snapshot.plan([1, 2], {}, now) == VersionPlan(load=(1, 2))
+    assert reload_plan.plan([1, 2], {}, now) == VersionPlan(load=(1, 2))
 
 
 def test_plan_nothing_changed_keeps_everything() -> None:
     now = disk(v1=SIG_A, v2=SIG_A)
-    assert snapshot.plan([1, 2], served(now, 1, 2), now) == VersionPlan(keep=(1, 2))
+    assert reload_plan.plan([1, 2], served(now, 1, 2), now) == VersionPlan(keep=(1, 2))
 
 
 def test_plan_one_changed_version_reloads_only_it() -> None:
     before = disk(v1=SIG_A, v2=SIG_A)
     now = disk(v1=SIG_A, v2=SIG_B)
-    assert snapshot.plan([1, 2], served(before, 1, 2), now) == VersionPlan(
+    assert reload_plan.plan([1, 2], served(before, 1, 2), now) == VersionPlan(
         load=(2,), keep=(1,), retire=(2,)
     )
 
@@ -233,14 +234,14 @@ def test_plan_one_changed_version_reloads_only_it() -> None:
 def test_plan_model_level_change_reloads_all() -> None:
     before = disk(v1=SIG_A, v2=SIG_A)
     now = Snapshot((("config.pbtxt", 2, 6, 7),), before.versions)
-    assert snapshot.plan([1, 2], served(before, 1, 2), now) == VersionPlan(
+    assert reload_plan.plan([1, 2], served(before, 1, 2), now) == VersionPlan(
         load=(1, 2), retire=(1, 2)
     )
 
 
 def test_plan_a_new_config_override_reloads_all() -> None:
     now = disk(v1=SIG_A)
-    assert snapshot.plan([1], served(now, 1), now, override=b"max_batch_size: 2") == VersionPlan(
+    assert reload_plan.plan([1], served(now, 1), now, override=b"max_batch_size: 2") == VersionPlan(
         load=(1,), retire=(1,)
     )
 
@@ -248,40 +249,40 @@ def test_plan_a_new_config_override_reloads_all() -> None:
 def test_plan_a_published_version_under_latest_one() -> None:
     before = disk(v1=SIG_A)
     now = disk(v1=SIG_A, v2=SIG_B)
-    assert snapshot.plan([2], served(before, 1), now) == VersionPlan(load=(2,), retire=(1,))
+    assert reload_plan.plan([2], served(before, 1), now) == VersionPlan(load=(2,), retire=(1,))
 
 
 def test_plan_a_removed_version() -> None:
     before = disk(v1=SIG_A, v2=SIG_A)
     now = disk(v1=SIG_A)
-    assert snapshot.plan([1], served(before, 1, 2), now) == VersionPlan(keep=(1,), retire=(2,))
+    assert reload_plan.plan([1], served(before, 1, 2), now) == VersionPlan(keep=(1,), retire=(2,))
 
 
 def test_plan_rebuilds_a_version_that_cannot_be_reused() -> None:
     now = disk(v1=SIG_A, v2=SIG_A)
-    assert snapshot.plan([1, 2], {1: now.source(1), 2: None}, now) == VersionPlan(
+    assert reload_plan.plan([1, 2], {1: now.source(1), 2: None}, now) == VersionPlan(
         load=(2,), keep=(1,), retire=(2,)
     )
 
 
 def test_settle_without_failures_retires_the_plan() -> None:
     chosen = VersionPlan(load=(2,), keep=(), retire=(1,))
-    assert snapshot.settle(chosen, failed=(), on_disk=(1, 2)) == (1,)
+    assert reload_plan.settle(chosen, failed=(), on_disk=(1, 2)) == (1,)
 
 
 def test_settle_keeps_the_previous_versions_while_a_new_one_failed() -> None:
     chosen = VersionPlan(load=(2,), keep=(), retire=(1,))
-    assert snapshot.settle(chosen, failed=(2,), on_disk=(1, 2)) == ()
+    assert reload_plan.settle(chosen, failed=(2,), on_disk=(1, 2)) == ()
 
 
 def test_settle_keeps_a_version_whose_new_files_failed() -> None:
     chosen = VersionPlan(load=(1, 2), keep=(), retire=(1, 2))
-    assert snapshot.settle(chosen, failed=(2,), on_disk=(1, 2)) == (1,)
+    assert reload_plan.settle(chosen, failed=(2,), on_disk=(1, 2)) == (1,)
 
 
 def test_settle_retires_a_removed_folder_whatever_failed() -> None:
     chosen = VersionPlan(load=(3,), keep=(1,), retire=(2,))
-    assert snapshot.settle(chosen, failed=(3,), on_disk=(1, 3)) == (2,)
+    assert reload_plan.settle(chosen, failed=(3,), on_disk=(1, 3)) == (2,)
 
 
 # -- the registry's per-version swap -------------------------------------------------------
