@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import __version__
-from runtime.config import Restriction, parse_restrictions
+from runtime.access import Restriction, parse_restrictions
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

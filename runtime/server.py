@@ -20,7 +20,7 @@ import grpc
 import uvicorn
 from starlette.types import ASGIApp
 
-from runtime.config import Restriction
+from runtime.access import Restriction
 from runtime.control import RepositoryPoller
 from runtime.dataplane import DataPlane
 from runtime.monitoring.autoscale import AutoscalePolicy

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from runtime.config import Restriction
+from runtime.access import Restriction
 from runtime.dataplane import DataPlane
 from runtime.errors import (
     Cancelled,
