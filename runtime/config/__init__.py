@@ -1,6 +1,6 @@
-"""Configuration as one typed tree; a model's config (config.pbtxt) is in `model`.
+"""Configuration as one typed tree: model configs in `model`, the server's settings in `server`.
 
-The names callers import from `runtime.config` are re-exported here.
+Every name callers import from `runtime.config` is re-exported here.
 """
 
 from runtime.access import RESTRICTABLE, Restriction, parse_restrictions
@@ -22,11 +22,13 @@ from runtime.config.model import (
     read_config_file,
     to_json,
 )
+from runtime.config.server import DEFAULT_MAX_INPUT_SIZE, ServerConfig
 
 __all__ = [
     "CONFIG_FILENAME",
     "DEFAULT_INLINE_RUN_US",
     "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_INPUT_SIZE",
     "ONNX_BACKEND",
     "ONNX_PLATFORM",
     "RESTRICTABLE",
@@ -36,6 +38,7 @@ __all__ = [
     "ModelConfig",
     "QueuePolicy",
     "Restriction",
+    "ServerConfig",
     "TensorSpec",
     "build",
     "complete",
