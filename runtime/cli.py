@@ -11,137 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from runtime import __version__
-from runtime.config import Restriction, parse_restrictions
+from runtime.access import Restriction, parse_restrictions
+from runtime.config import ServerConfig
+from runtime.config.server import positive_float, setting_flags
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve a model repository over HTTP and gRPC")
-    p.add_argument(
-        "--model-repository",
-        "--model-store",
-        action="append",
-        type=Path,
-        help="model repository folder (repeatable); default: the bundled example repository",
-    )
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--http-port", type=int, default=8000, help="HTTP port, 0 = any (default 8000)")
-    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port, 0 = any (default 8001)")
-    p.add_argument(
-        "--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002)"
-    )
-    p.add_argument("--allow-http", type=_bool, default=True, help="serve HTTP (default true)")
-    p.add_argument("--allow-grpc", type=_bool, default=True, help="serve gRPC (default true)")
-    p.add_argument(
-        "--allow-metrics", type=_bool, default=True, help="serve Prometheus metrics (default true)"
-    )
-    p.add_argument(
-        "--allow-gpu-metrics",
-        type=_bool,
-        default=True,
-        help="export Triton's nv_gpu_* metrics when NVML (nvidia-ml-py) finds GPUs (default true)",
-    )
-    p.add_argument(
-        "--model-control-mode",
-        choices=["none", "explicit", "poll"],
-        default="none",
-        help="none: load everything at start; explicit: load/unload through the API; "
-        "poll: load everything at start, then follow changes to the repository",
-    )
-    p.add_argument(
-        "--repository-poll-secs",
-        type=_positive_float,
-        default=15.0,
-        help="with poll model control: seconds between scans of the repository (default 15)",
-    )
-    p.add_argument(
-        "--load-model",
-        action="append",
-        default=[],
-        help="with explicit model control: a model to load at start ('*' = all)",
-    )
-    p.add_argument(
-        "--http-max-input-size",
-        type=int,
-        default=64 * 1024 * 1024,
-        help="largest accepted HTTP request body in bytes (default 64 MiB)",
-    )
-    p.add_argument(
-        "--exit-timeout-secs",
-        type=float,
-        default=30.0,
-        help="grace period to finish accepted requests on shutdown (default 30)",
-    )
-    p.add_argument(
-        "--device",
-        choices=["auto", "cpu", "gpu"],
-        default="auto",
-        help="auto: follow each model's instance_group; cpu/gpu: force it",
-    )
-    p.add_argument("--http-ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
-    p.add_argument("--http-ssl-keyfile", type=Path, help="the HTTPS certificate's key (PEM)")
-    p.add_argument("--grpc-use-ssl", type=_bool, default=False, help="serve gRPC over TLS")
-    p.add_argument(
-        "--grpc-use-ssl-mutual",
-        type=_bool,
-        default=False,
-        help="gRPC over TLS, clients must present a certificate signed by --grpc-root-cert",
-    )
-    p.add_argument("--grpc-server-cert", type=Path, help="gRPC server certificate (PEM)")
-    p.add_argument("--grpc-server-key", type=Path, help="gRPC server key (PEM)")
-    p.add_argument("--grpc-root-cert", type=Path, help="root certificate for client certificates")
-    p.add_argument(
-        "--http-restricted-api",
-        action="append",
-        default=[],
-        metavar="API[,API...]:KEY=VALUE",
-        help="require header KEY=VALUE for these APIs over HTTP (e.g. model-repository:k=v)",
-    )
-    p.add_argument(
-        "--grpc-restricted-protocol",
-        action="append",
-        default=[],
-        metavar="API[,API...]:KEY=VALUE",
-        help="require metadata KEY=VALUE for these APIs over gRPC",
-    )
-    p.add_argument(
-        "--default-max-queue-size",
-        type=int,
-        default=4096,
-        help="requests a model queues when its config sets no max_queue_size; beyond it "
-        "requests are refused at once with 503 (default 4096; 0 = unbounded, as Triton)",
-    )
+    for flags in setting_flags().values():
+        for flag in flags:
+            p.add_argument(*flag.names, **flag.options())
+    # Settings of this process, not of the server: _serve applies them itself, and --help
+    # lists them after the server's.
     p.add_argument(
         "--gil-switch-interval-ms",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="how long a thread may hold the GIL while another waits (Python's default: 5). "
         "Lower (0.5-1) shortens the wait of batches finishing in worker threads while the "
         "event loop is busy: better tails for heavy models, less gRPC throughput for tiny ones",
-    )
-    p.add_argument(
-        "--drift-window-samples",
-        type=int,
-        default=None,
-        help="rows per drift window for every model with a drift reference (default 1000; "
-        "a model's conveyor.yaml overrides)",
-    )
-    p.add_argument(
-        "--drift-window-seconds",
-        type=float,
-        default=None,
-        help="a drift window also closes this many seconds after its first row (default 60)",
-    )
-    p.add_argument(
-        "--autoscale-window-secs",
-        type=float,
-        default=10.0,
-        help="window of the autoscaling signals in seconds (default 10)",
-    )
-    p.add_argument(
-        "--autoscale-latency-target-ms",
-        type=float,
-        default=100.0,
-        help="latency target behind conveyor_desired_replicas, in ms (default 100)",
     )
     p.add_argument(
         "--loop",
@@ -259,24 +147,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got '{text}'")
-    return value
-
-
 def _restrictions(specs: list[str]) -> dict[str, Restriction]:
     try:
         return parse_restrictions(specs)
@@ -295,43 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from runtime.examples import default_repository
-    from runtime.monitoring.autoscale import AutoscalePolicy
-    from runtime.server import Server, ServerConfig
+    from runtime.server import Server
 
-    repositories = args.model_repository or [default_repository()]
-    config = ServerConfig(
-        model_repositories=repositories,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        allow_metrics=args.allow_metrics,
-        allow_gpu_metrics=args.allow_gpu_metrics,
-        allow_http=args.allow_http,
-        allow_grpc=args.allow_grpc,
-        model_control_mode=args.model_control_mode,
-        load_models=args.load_model,
-        repository_poll_s=args.repository_poll_secs,
-        http_max_input_size=args.http_max_input_size,
-        exit_timeout_s=args.exit_timeout_secs,
-        device=args.device,
-        http_ssl_certfile=args.http_ssl_certfile,
-        http_ssl_keyfile=args.http_ssl_keyfile,
-        grpc_use_ssl=args.grpc_use_ssl,
-        grpc_use_ssl_mutual=args.grpc_use_ssl_mutual,
-        grpc_server_cert=args.grpc_server_cert,
-        grpc_server_key=args.grpc_server_key,
-        grpc_root_cert=args.grpc_root_cert,
-        http_restrictions=_restrictions(args.http_restricted_api),
-        grpc_restrictions=_restrictions(args.grpc_restricted_protocol),
-        default_max_queue_size=args.default_max_queue_size,
-        drift_defaults=_drift_defaults(args),
-        autoscale=AutoscalePolicy(
-            window_s=args.autoscale_window_secs,
-            latency_target_s=args.autoscale_latency_target_ms / 1000,
-        ),
-    )
+    config = server_config(args)
     if args.gil_switch_interval_ms is not None:
         sys.setswitchinterval(args.gil_switch_interval_ms / 1000)
     if args.loop == "uvloop":
@@ -341,6 +177,36 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         asyncio.run(Server(config).serve())
     return 0
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig that parsed `conveyor serve` flags describe."""
+    from runtime.examples import default_repository
+    from runtime.monitoring.autoscale import AutoscalePolicy
+
+    # The settings that are not one flag's value as parsed, each for its reason:
+    computed: dict[str, Any] = {
+        # The example repository is built on first use, so only when none is given; as the
+        # flag's default it would be built by every parse.
+        "model_repositories": args.model_repository or [default_repository()],
+        # Parsed as a whole: one API group named by two specs is an error.
+        "http_restrictions": _restrictions(args.http_restricted_api),
+        "grpc_restrictions": _restrictions(args.grpc_restricted_protocol),
+        # Two flags; only those given, checked now so a bad value stops the start.
+        "drift_defaults": _drift_defaults(args),
+        # Two flags fill one policy; its latency target is in seconds, the flag's in ms.
+        "autoscale": AutoscalePolicy(
+            window_s=args.autoscale_window_secs,
+            latency_target_s=args.autoscale_latency_target_ms / 1000,
+        ),
+    }
+    # Every other setting is its one flag's value.
+    copied: dict[str, Any] = {}
+    for name, flags in setting_flags().items():
+        if name not in computed:
+            (flag,) = flags  # a setting that several flags fill needs its own step above
+            copied[name] = getattr(args, flag.dest)
+    return ServerConfig(**copied, **computed)
 
 
 def _drift_defaults(args: argparse.Namespace) -> dict[str, Any]:

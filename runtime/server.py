@@ -12,70 +12,26 @@ import logging
 import signal
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import uvicorn
 from starlette.types import ASGIApp
 
-from runtime.config import Restriction
+from runtime.config import ServerConfig as ServerConfig  # re-exported: Server's own config
 from runtime.dataplane import DataPlane
 from runtime.instance import ModelInstance
 from runtime.loader import InstanceSettings
-from runtime.monitoring.autoscale import AutoscalePolicy
 from runtime.monitoring.metrics import Metrics
 from runtime.poller import RepositoryPoller
 from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
-from runtime.protocol.http.app import DEFAULT_MAX_INPUT_SIZE, create_app, create_metrics_app
+from runtime.protocol.http.app import create_app, create_metrics_app
 from runtime.registry import Registry
 
 log = logging.getLogger("runtime.server")
 
 # How often drift windows are checked for their time limit and judged.
 DRIFT_TICK_S = 1.0
-
-
-@dataclass(slots=True)
-class ServerConfig:
-    """Everything `conveyor serve` can set; flag names follow tritonserver's."""
-
-    model_repositories: list[Path]
-    host: str = "0.0.0.0"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    allow_http: bool = True
-    allow_grpc: bool = True
-    allow_metrics: bool = True
-    # Triton's nv_gpu_* families, read through NVML; absent without nvidia-ml-py or a GPU.
-    allow_gpu_metrics: bool = True
-    # none: load everything at start; explicit: the load/unload API; poll: load everything
-    # at start, then follow the repository every repository_poll_s seconds.
-    model_control_mode: str = "none"
-    load_models: list[str] = field(default_factory=list)
-    repository_poll_s: float = 15.0
-    http_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
-    exit_timeout_s: float = 30.0
-    device: str = "auto"
-    autoscale: AutoscalePolicy = field(default_factory=AutoscalePolicy)
-    # Requests one model version queues when its config sets no max_queue_size. Triton
-    # leaves that unbounded; a bound turns overload into fast 503s instead of memory growth.
-    default_max_queue_size: int = 4096
-    # TLS: HTTPS with a certificate and key; gRPC with Triton's flags (mutual: clients
-    # must present a certificate signed by grpc_root_cert).
-    http_ssl_certfile: Path | None = None
-    http_ssl_keyfile: Path | None = None
-    grpc_use_ssl: bool = False
-    grpc_use_ssl_mutual: bool = False
-    grpc_server_cert: Path | None = None
-    grpc_server_key: Path | None = None
-    grpc_root_cert: Path | None = None
-    http_restrictions: dict[str, Restriction] = field(default_factory=dict)
-    grpc_restrictions: dict[str, Restriction] = field(default_factory=dict)
-    # Drift monitor settings every model starts from (a model's conveyor.yaml overrides).
-    drift_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 class _UvicornServer(uvicorn.Server):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from google.protobuf import text_format
 
 from runtime import config as cfg
 from runtime.batching.adaptive import DECREASE, WINDOW, SloController
 from runtime.config import ConfigError, GraphTensor
+from runtime.proto import model_config_pb2 as pb
 from tests.unit.test_batcher import FakeModel, batcher_for, check_own_rows, rows, run, submit
 
 MS = 1_000_000
@@ -118,10 +120,10 @@ def test_the_cap_limits_the_batches_the_batcher_forms() -> None:
         model = FakeModel()
         config = cfg.build(
             cfg.complete(
-                cfg.text_format.Parse(
+                text_format.Parse(
                     "max_batch_size: 8\ndynamic_batching { }\n"
                     'parameters { key: "latency_slo_ms" value: { string_value: "10" } }',
-                    cfg.pb.ModelConfig(),
+                    pb.ModelConfig(),
                 ),
                 "fake",
                 [GraphTensor("INPUT0", "FP32", (None, 2))],
@@ -147,10 +149,10 @@ def test_the_cap_limits_the_batches_the_batcher_forms() -> None:
 
 @pytest.mark.parametrize("value", ["0", "-5", "fast"])
 def test_a_bad_target_is_a_config_error(value: str) -> None:
-    message = cfg.text_format.Parse(
+    message = text_format.Parse(
         "max_batch_size: 8\ndynamic_batching { }\n"
         f'parameters {{ key: "latency_slo_ms" value: {{ string_value: "{value}" }} }}',
-        cfg.pb.ModelConfig(),
+        pb.ModelConfig(),
     )
     completed = cfg.complete(
         message,

@@ -11,7 +11,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as triton_pb  # type: ignore[import-untyped]
 
 from runtime import config as cfg
-from runtime.config import ConfigError, GraphTensor, parse_restrictions
+from runtime.config import ConfigError, GraphTensor
 from runtime.errors import InvalidInput
 from runtime.proto import model_config_pb2 as pb
 
@@ -506,18 +506,3 @@ def test_parse_config_json_round_trips_to_json() -> None:
 def test_parse_config_json_invalid() -> None:
     with pytest.raises(InvalidInput, match="invalid model config JSON"):
         cfg.parse_config_json('{"max_batch_size": "many"}')
-
-
-@pytest.mark.parametrize(
-    "spec",
-    ["model-repository", "model-repository:key", "nope:k=v", ":k=v", "model-repository:=v"],
-)
-def test_malformed_restriction_specs_are_refused(spec: str) -> None:
-    with pytest.raises(ValueError, match=r"restrict|form"):
-        parse_restrictions([spec])
-
-
-def test_one_api_cannot_be_restricted_twice() -> None:
-    with pytest.raises(ValueError, match="twice"):
-        parse_restrictions(["health:a=1", "health,metadata:b=2"])
-    assert parse_restrictions(["health,metadata:X-Key=v"])["metadata"].key == "x-key"

@@ -115,3 +115,34 @@ def test_the_training_package_itself_loads_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# The configuration sits below the layers that read it.
+CONFIG_MUST_NOT_IMPORT = (
+    "runtime.protocol",
+    "runtime.registry",
+    "runtime.repository",
+    "runtime.dataplane",
+)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every absolute module an import in the file names, function-level imports included."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((RUNTIME / "config").rglob("*.py")), ids=relative)
+def test_config_imports_no_adapter_registry_repository_or_dataplane(path: Path) -> None:
+    bad = {
+        name
+        for name in imported_modules(path)
+        for layer in CONFIG_MUST_NOT_IMPORT
+        if name == layer or name.startswith(f"{layer}.")
+    }
+    assert bad == set(), relative(path)

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from runtime.config import Restriction
+from runtime.access import Restriction
 from runtime.dataplane import DataPlane
 from runtime.errors import InternalError, InvalidInput, PermissionDenied, ServingError
 from runtime.proto import grpc_service_pb2 as pb

@@ -17,7 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from runtime.config import Restriction
+from runtime.access import Restriction
+from runtime.config import DEFAULT_MAX_INPUT_SIZE
 from runtime.dataplane import DataPlane
 from runtime.errors import (
     Cancelled,
@@ -33,7 +34,6 @@ from runtime.protocol.http import codec
 log = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size
 
 
 def json_response(

@@ -1,0 +1,345 @@
+"""The server's settings, each declared once together with the `conveyor serve` flag(s) it takes.
+
+runtime/cli.py builds the serve command from these declarations; flag names follow tritonserver's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from runtime.access import Restriction
+
+if TYPE_CHECKING:
+    from runtime.monitoring.autoscale import AutoscalePolicy
+
+DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size
+
+# The key under which a setting's field metadata holds its flags.
+FLAGS = "conveyor.flags"
+# The default of a flag declared without one: the default of the setting it fills.
+SETTING_DEFAULT: Final[Any] = object()
+
+
+def parse_bool(text: str) -> bool:
+    """A flag's true/false value, in the spellings tritonserver accepts."""
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def positive_float(text: str) -> float:
+    """A flag's number above 0: an interval, which 0 or less would make meaningless."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got '{text}'")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """One `conveyor serve` flag: its names (aliases after the first), help and how it parses.
+
+    Without its own `default`, the flag's default is the default of the setting it fills.
+    """
+
+    names: tuple[str, ...]
+    help: str
+    type: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    repeatable: bool = False
+    metavar: str | None = None
+    default: Any = SETTING_DEFAULT
+
+    @property
+    def dest(self) -> str:
+        """The attribute argparse stores the value under: the first name, as argparse derives it."""
+        return self.names[0].removeprefix("--").replace("-", "_")
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of argparse's `add_argument` for this flag."""
+        options: dict[str, Any] = {"help": self.help}
+        if self.repeatable:
+            options["action"] = "append"
+        if self.type is not None:
+            options["type"] = self.type
+        if self.choices is not None:
+            options["choices"] = list(self.choices)
+        if self.metavar is not None:
+            options["metavar"] = self.metavar
+        if self.default is SETTING_DEFAULT:
+            raise TypeError(f"flag {self.names[0]} has no default; see setting_flags()")
+        if self.default is not None:
+            # A list of its own per parser: argparse hands the default itself to the caller.
+            options["default"] = list(self.default) if self.repeatable else self.default
+        return options
+
+
+def flag(
+    *names: str,
+    help: str,
+    type: Callable[[str], Any] | None = None,
+    choices: tuple[str, ...] | None = None,
+    repeatable: bool = False,
+    metavar: str | None = None,
+    default: Any = SETTING_DEFAULT,
+) -> dict[str, tuple[Flag, ...]]:
+    """Field metadata: the one flag that fills a setting."""
+    return flags(Flag(names, help, type, choices, repeatable, metavar, default))
+
+
+def flags(*declared: Flag) -> dict[str, tuple[Flag, ...]]:
+    """Field metadata: the flags that fill one setting together (the CLI combines them)."""
+    return {FLAGS: declared}
+
+
+def _autoscale_policy() -> AutoscalePolicy:
+    # Imported on use: runtime.monitoring.autoscale imports the batcher, which imports this
+    # package, so importing it at the top would be circular (and put config above batching).
+    from runtime.monitoring.autoscale import AutoscalePolicy
+
+    return AutoscalePolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything `conveyor serve` can set; each setting's help is its flag's help text.
+
+    Fields are in the order `conveyor serve --help` lists their flags.
+    """
+
+    # Required here; only the command line falls back to the bundled example repository.
+    model_repositories: list[Path] = field(
+        metadata=flag(
+            "--model-repository",
+            "--model-store",
+            repeatable=True,
+            type=Path,
+            default=None,
+            help="model repository folder (repeatable); default: the bundled example repository",
+        )
+    )
+    host: str = field(
+        default="0.0.0.0", metadata=flag("--host", help="address to listen on (default 0.0.0.0)")
+    )
+    http_port: int = field(
+        default=8000,
+        metadata=flag("--http-port", type=int, help="HTTP port, 0 = any (default 8000)"),
+    )
+    grpc_port: int = field(
+        default=8001,
+        metadata=flag("--grpc-port", type=int, help="gRPC port, 0 = any (default 8001)"),
+    )
+    metrics_port: int = field(
+        default=8002,
+        metadata=flag("--metrics-port", type=int, help="Prometheus metrics port (default 8002)"),
+    )
+    allow_http: bool = field(
+        default=True,
+        metadata=flag("--allow-http", type=parse_bool, help="serve HTTP (default true)"),
+    )
+    allow_grpc: bool = field(
+        default=True,
+        metadata=flag("--allow-grpc", type=parse_bool, help="serve gRPC (default true)"),
+    )
+    allow_metrics: bool = field(
+        default=True,
+        metadata=flag(
+            "--allow-metrics", type=parse_bool, help="serve Prometheus metrics (default true)"
+        ),
+    )
+    # Triton's nv_gpu_* families, read through NVML; absent without nvidia-ml-py or a GPU.
+    allow_gpu_metrics: bool = field(
+        default=True,
+        metadata=flag(
+            "--allow-gpu-metrics",
+            type=parse_bool,
+            help="export Triton's nv_gpu_* metrics when NVML (nvidia-ml-py) finds GPUs "
+            "(default true)",
+        ),
+    )
+    model_control_mode: str = field(
+        default="none",
+        metadata=flag(
+            "--model-control-mode",
+            choices=("none", "explicit", "poll"),
+            help="none: load everything at start; explicit: load/unload through the API; "
+            "poll: load everything at start, then follow changes to the repository",
+        ),
+    )
+    repository_poll_s: float = field(
+        default=15.0,
+        metadata=flag(
+            "--repository-poll-secs",
+            type=positive_float,
+            help="with poll model control: seconds between scans of the repository (default 15)",
+        ),
+    )
+    load_models: list[str] = field(
+        default_factory=list,
+        metadata=flag(
+            "--load-model",
+            repeatable=True,
+            default=(),
+            help="with explicit model control: a model to load at start ('*' = all)",
+        ),
+    )
+    http_max_input_size: int = field(
+        default=DEFAULT_MAX_INPUT_SIZE,
+        metadata=flag(
+            "--http-max-input-size",
+            type=int,
+            help="largest accepted HTTP request body in bytes (default 64 MiB)",
+        ),
+    )
+    exit_timeout_s: float = field(
+        default=30.0,
+        metadata=flag(
+            "--exit-timeout-secs",
+            type=float,
+            help="grace period to finish accepted requests on shutdown (default 30)",
+        ),
+    )
+    device: str = field(
+        default="auto",
+        metadata=flag(
+            "--device",
+            choices=("auto", "cpu", "gpu"),
+            help="auto: follow each model's instance_group; cpu/gpu: force it",
+        ),
+    )
+    # TLS: HTTPS with a certificate and key; gRPC with Triton's flags (mutual: clients
+    # must present a certificate signed by grpc_root_cert).
+    http_ssl_certfile: Path | None = field(
+        default=None,
+        metadata=flag(
+            "--http-ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)"
+        ),
+    )
+    http_ssl_keyfile: Path | None = field(
+        default=None,
+        metadata=flag("--http-ssl-keyfile", type=Path, help="the HTTPS certificate's key (PEM)"),
+    )
+    grpc_use_ssl: bool = field(
+        default=False,
+        metadata=flag("--grpc-use-ssl", type=parse_bool, help="serve gRPC over TLS"),
+    )
+    grpc_use_ssl_mutual: bool = field(
+        default=False,
+        metadata=flag(
+            "--grpc-use-ssl-mutual",
+            type=parse_bool,
+            help="gRPC over TLS, clients must present a certificate signed by --grpc-root-cert",
+        ),
+    )
+    grpc_server_cert: Path | None = field(
+        default=None,
+        metadata=flag("--grpc-server-cert", type=Path, help="gRPC server certificate (PEM)"),
+    )
+    grpc_server_key: Path | None = field(
+        default=None,
+        metadata=flag("--grpc-server-key", type=Path, help="gRPC server key (PEM)"),
+    )
+    grpc_root_cert: Path | None = field(
+        default=None,
+        metadata=flag(
+            "--grpc-root-cert", type=Path, help="root certificate for client certificates"
+        ),
+    )
+    # The flags take Triton's specs (runtime.access.parse_restrictions); the settings hold
+    # what they parse to, by API group.
+    http_restrictions: dict[str, Restriction] = field(
+        default_factory=dict,
+        metadata=flag(
+            "--http-restricted-api",
+            repeatable=True,
+            default=(),
+            metavar="API[,API...]:KEY=VALUE",
+            help="require header KEY=VALUE for these APIs over HTTP (e.g. model-repository:k=v)",
+        ),
+    )
+    grpc_restrictions: dict[str, Restriction] = field(
+        default_factory=dict,
+        metadata=flag(
+            "--grpc-restricted-protocol",
+            repeatable=True,
+            default=(),
+            metavar="API[,API...]:KEY=VALUE",
+            help="require metadata KEY=VALUE for these APIs over gRPC",
+        ),
+    )
+    # Requests one model version queues when its config sets no max_queue_size. Triton
+    # leaves that unbounded; a bound turns overload into fast 503s instead of memory growth.
+    default_max_queue_size: int = field(
+        default=4096,
+        metadata=flag(
+            "--default-max-queue-size",
+            type=int,
+            help="requests a model queues when its config sets no max_queue_size; beyond it "
+            "requests are refused at once with 503 (default 4096; 0 = unbounded, as Triton)",
+        ),
+    )
+    # Drift monitor settings every model starts from (a model's conveyor.yaml overrides):
+    # DriftSettings field names, only those whose flag was given.
+    drift_defaults: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=flags(
+            Flag(
+                ("--drift-window-samples",),
+                "rows per drift window for every model with a drift reference "
+                "(default 1000; a model's conveyor.yaml overrides)",
+                type=int,
+                default=None,
+            ),
+            Flag(
+                ("--drift-window-seconds",),
+                "a drift window also closes this many seconds after its first row (default 60)",
+                type=float,
+                default=None,
+            ),
+        ),
+    )
+    # The flag gives the latency target in ms; the policy holds seconds.
+    autoscale: AutoscalePolicy = field(
+        default_factory=_autoscale_policy,
+        metadata=flags(
+            Flag(
+                ("--autoscale-window-secs",),
+                "window of the autoscaling signals in seconds (default 10)",
+                type=float,
+                default=10.0,
+            ),
+            Flag(
+                ("--autoscale-latency-target-ms",),
+                "latency target behind conveyor_desired_replicas, in ms (default 100)",
+                type=float,
+                default=100.0,
+            ),
+        ),
+    )
+
+
+def setting_flags() -> dict[str, tuple[Flag, ...]]:
+    """Each ServerConfig setting's flags, in declaration order, with their defaults resolved."""
+    result: dict[str, tuple[Flag, ...]] = {}
+    for f in dataclasses.fields(ServerConfig):
+        declared: tuple[Flag, ...] = f.metadata[FLAGS]
+        result[f.name] = tuple(_with_default(d, f) for d in declared)
+    return result
+
+
+def _with_default(declared: Flag, setting: dataclasses.Field[Any]) -> Flag:
+    if declared.default is not SETTING_DEFAULT:
+        return declared
+    if setting.default is not dataclasses.MISSING:
+        return dataclasses.replace(declared, default=setting.default)
+    raise TypeError(f"flag {declared.names[0]} needs a default: its setting has none")

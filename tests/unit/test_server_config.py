@@ -1,0 +1,61 @@
+"""The server's settings and the `conveyor serve` flags declared with them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from runtime.access import Restriction
+from runtime.cli import build_parser, server_config
+from runtime.config import ServerConfig
+from runtime.config.server import setting_flags
+from runtime.monitoring.autoscale import AutoscalePolicy
+
+
+def parse(*argv: str) -> ServerConfig:
+    return server_config(build_parser().parse_args(["serve", "--model-repository", "/m", *argv]))
+
+
+def test_every_setting_has_a_flag_and_every_flag_one_name() -> None:
+    declared = setting_flags()
+    assert list(declared) == [f.name for f in dataclasses.fields(ServerConfig)]
+    assert all(declared.values())
+    names = [name for flags in declared.values() for f in flags for name in f.names]
+    assert len(names) == len(set(names))
+
+
+def test_flag_defaults_are_the_settings_defaults() -> None:
+    assert parse() == ServerConfig([Path("/m")])
+
+
+def test_each_flag_reaches_its_setting() -> None:
+    config = parse(
+        "--model-store", "/n", "--http-port", "0", "--allow-grpc", "false",
+        "--model-control-mode", "explicit", "--load-model", "a", "--load-model", "b",
+        "--repository-poll-secs", "2.5", "--grpc-server-cert", "cert.pem",
+        "--http-restricted-api", "statistics:K=v", "--drift-window-samples", "300",
+        "--autoscale-window-secs", "3", "--autoscale-latency-target-ms", "250",
+    )  # fmt: skip
+    assert config.model_repositories == [Path("/m"), Path("/n")]
+    assert (config.http_port, config.allow_grpc) == (0, False)
+    assert (config.model_control_mode, config.load_models) == ("explicit", ["a", "b"])
+    assert config.repository_poll_s == 2.5
+    assert config.grpc_server_cert == Path("cert.pem")
+    assert config.http_restrictions == {"statistics": Restriction("k", "v")}
+    assert config.grpc_restrictions == {}
+    assert config.drift_defaults == {"window_samples": 300}
+    assert config.autoscale == AutoscalePolicy(window_s=3.0, latency_target_s=0.25)
+
+
+def test_parses_do_not_share_a_repeatable_flag_default() -> None:
+    first = parse()
+    first.load_models.append("x")
+    assert parse().load_models == []
+
+
+def test_the_settings_are_frozen() -> None:
+    config = ServerConfig([Path("/m")])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.http_port = 1  # type: ignore[misc]
