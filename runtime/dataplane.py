@@ -11,11 +11,10 @@ from typing import Any
 
 from runtime import __version__
 from runtime import config as cfg
-from runtime.config import TensorSpec
 from runtime.errors import InvalidInput, NotFound, Unavailable
 from runtime.proto import model_config_pb2 as pb
 from runtime.registry import Registry
-from runtime.types import InferenceRequest, InferenceResponse
+from runtime.types import InferenceRequest, InferenceResponse, TensorSpec
 
 SERVER_NAME = "conveyor"
 # Only what is really implemented; perf_analyzer reads this list.

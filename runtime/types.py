@@ -1,4 +1,4 @@
-"""Protocol-neutral request and response objects: names, numpy arrays and plain values."""
+"""Protocol-neutral vocabulary: tensor specs, requests and responses; numpy and plain values."""
 
 from __future__ import annotations
 
@@ -19,6 +19,21 @@ def scheduling_parameter(parameters: Mapping[str, Any], key: str) -> int:
             f"request parameter '{key}' must be a non-negative integer, got {value!r}"
         )
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One model input or output: protocol datatype and dims without the batch dimension."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+    labels: tuple[str, ...] = ()
+
+    def metadata_shape(self, max_batch_size: int) -> list[int]:
+        """The shape shown in model metadata: -1 batch dim first when the model batches."""
+        return [-1, *self.dims] if max_batch_size > 0 else list(self.dims)
 
 
 @dataclass(slots=True)

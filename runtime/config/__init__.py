@@ -15,7 +15,6 @@ from runtime.config.model import (
     GraphTensor,
     ModelConfig,
     QueuePolicy,
-    TensorSpec,
     build,
     complete,
     parse_config_json,
@@ -23,6 +22,7 @@ from runtime.config.model import (
     to_json,
 )
 from runtime.config.server import DEFAULT_MAX_INPUT_SIZE, ServerConfig
+from runtime.types import TensorSpec
 
 __all__ = [
     "CONFIG_FILENAME",

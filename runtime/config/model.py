@@ -16,6 +16,7 @@ from google.protobuf import json_format, text_format
 from runtime import tensors
 from runtime.errors import InvalidInput
 from runtime.proto import model_config_pb2 as pb
+from runtime.types import TensorSpec
 
 CONFIG_FILENAME = "config.pbtxt"
 ONNX_PLATFORM = "onnxruntime_onnx"
@@ -26,21 +27,6 @@ DEFAULT_MAX_BATCH_SIZE = 4
 
 class ConfigError(ValueError):
     """A model's configuration is invalid; the model is reported unavailable with this reason."""
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One model input or output: protocol datatype and dims without the batch dimension."""
-
-    name: str
-    datatype: str
-    dims: tuple[int, ...]
-    optional: bool = False
-    labels: tuple[str, ...] = ()
-
-    def metadata_shape(self, max_batch_size: int) -> list[int]:
-        """The shape shown in model metadata: -1 batch dim first when the model batches."""
-        return [-1, *self.dims] if max_batch_size > 0 else list(self.dims)
 
 
 @dataclass(frozen=True, slots=True)

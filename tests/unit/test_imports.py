@@ -146,3 +146,133 @@ def test_config_imports_no_adapter_registry_repository_or_dataplane(path: Path) 
         if name == layer or name.startswith(f"{layer}.")
     }
     assert bad == set(), relative(path)
+
+
+# The layering of DESIGN.md: each layer, and the modules it must never import.
+BELOW_THE_REGISTRY = (
+    "runtime.registry",
+    "runtime.repository",
+    "runtime.instance",
+    "runtime.loader",
+)
+LAYER_RULES: dict[str, tuple[str, ...]] = {
+    # Monitoring reads only the events and views it is handed.
+    "runtime/monitoring/": (
+        *BELOW_THE_REGISTRY,
+        "runtime.dataplane",
+        "runtime.batching",
+        "runtime.protocol",
+        "runtime.server",
+    ),
+    # A backend runs a batch; it knows neither the pipeline around it nor who calls it.
+    "runtime/backends/": (
+        *BELOW_THE_REGISTRY,
+        "runtime.pipeline",
+        "runtime.steps",
+        "runtime.batching",
+        "runtime.monitoring",
+        "runtime.dataplane",
+        "runtime.protocol",
+    ),
+    # Adapters translate between the wire and the data plane, nothing below it.
+    "runtime/protocol/": (
+        *BELOW_THE_REGISTRY,
+        "runtime.batching",
+        "runtime.backends",
+        "runtime.pipeline",
+        "runtime.steps",
+        "runtime.events",
+        "runtime.poller",
+        "runtime.snapshot",
+        "runtime.reload_plan",
+    ),
+}
+# The core vocabulary: numpy and each other, nothing else of ours (no kernels).
+CORE = ("runtime/types.py", "runtime/tensors.py", "runtime/errors.py")
+CORE_MODULES = frozenset({"runtime.types", "runtime.tensors", "runtime.errors"})
+
+
+def config_internals(modules: Iterable[str]) -> set[str]:
+    """Imports of the config package's own modules, rather than of the names it exports."""
+    return {
+        name
+        for name in modules
+        if name.startswith("runtime.config.")
+        and (RUNTIME / "config" / f"{name.split('.')[2]}.py").exists()
+    }
+
+
+def violations(rel: str, modules: Iterable[str]) -> set[str]:
+    """The imports of the file at `rel` that its layer forbids."""
+    modules = set(modules)
+    bad = {
+        name
+        for prefix, forbidden in LAYER_RULES.items()
+        if rel.startswith(prefix)
+        for name in modules
+        for layer in forbidden
+        if name == layer or name.startswith(f"{layer}.")
+    }
+    if rel.startswith("runtime/protocol/"):
+        bad |= config_internals(modules)
+    if rel in CORE:
+        ours = {n for n in modules if n.split(".")[0] in ("runtime", "kernels")}
+        bad |= {n for n in ours if ".".join(n.split(".")[:2]) not in CORE_MODULES}
+    return bad
+
+
+@pytest.mark.parametrize("path", sources(), ids=relative)
+def test_each_layer_imports_only_what_lies_below_it(path: Path) -> None:
+    rel = relative(path)
+    assert violations(rel, imported_modules(path)) == set(), rel
+
+
+def test_core_vocabulary_imports_nothing_but_numpy() -> None:
+    for rel in CORE:
+        path = RUNTIME.parent / rel
+        assert imported_roots(path) - {"numpy", "runtime"} <= set(sys.stdlib_module_names), rel
+
+
+@pytest.mark.parametrize(
+    ("rel", "module"),
+    [
+        ("runtime/monitoring/metrics.py", "runtime.registry.Registry"),
+        ("runtime/monitoring/stats.py", "runtime.instance"),
+        ("runtime/backends/onnx_cuda.py", "runtime.pipeline.Pipeline"),
+        ("runtime/backends/onnx.py", "runtime.steps"),
+        ("runtime/protocol/http/codec.py", "runtime.config.model.TensorSpec"),
+        ("runtime/protocol/grpc/servicer.py", "runtime.registry"),
+        ("runtime/types.py", "kernels.topk"),
+        ("runtime/tensors.py", "runtime.config"),
+    ],
+)
+def test_a_broken_layer_rule_is_caught(rel: str, module: str) -> None:
+    assert violations(rel, {module, "numpy"}) == {module}
+
+
+def test_the_layer_rules_allow_what_the_layers_need() -> None:
+    assert violations("runtime/monitoring/metrics.py", {"runtime.events.Subscriber"}) == set()
+    assert (
+        violations("runtime/protocol/http/app.py", {"runtime.config.DEFAULT_MAX_INPUT_SIZE"})
+        == set()
+    )
+    assert violations("runtime/tensors.py", {"runtime.errors.InvalidInput"}) == set()
+    assert violations("runtime/loader.py", {"runtime.registry"}) == set()
+
+
+def test_the_server_loads_no_training_library(tmp_path: Path) -> None:
+    """The server's layers, and loading a model version, import neither torch nor sklearn."""
+    code = (
+        "import sys, pathlib, runtime.server, runtime.dataplane\n"
+        "from runtime.config import read_config_file\n"
+        "from runtime.loader import InstanceSettings, load_instance\n"
+        "from tests import models\n"
+        f"folder = models.add_sub_fp32(pathlib.Path({str(tmp_path)!r}))\n"
+        "load_instance(folder, 1, read_config_file(folder), InstanceSettings(device='cpu'))\n"
+        "print(sorted(sys.modules.keys() & {'torch', 'sklearn', 'onnxscript'}))"
+    )
+    root = RUNTIME.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert out.stdout.strip() == "[]"

@@ -17,13 +17,13 @@ import numpy as np
 import orjson
 
 from runtime import tensors
-from runtime.config import TensorSpec
 from runtime.errors import InvalidInput, TooLarge, Unsupported
 from runtime.types import (
     InferenceRequest,
     InferenceResponse,
     InputTensor,
     RequestedOutput,
+    TensorSpec,
     scheduling_parameter,
 )
 
