@@ -3,6 +3,8 @@
 Usage: python proto/generate.py [--out DIR]   (default: runtime/proto)
 
 Needs grpcio-tools (pinned in pyproject's `proto` extra so output is reproducible).
+Besides the modules it writes `.pyi` type stubs for the message modules (protoc's
+--pyi_out): mypy reads the messages through them. The gRPC module gets none.
 
 protoc's output is post-processed (deterministically) in two ways:
 

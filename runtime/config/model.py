@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, text_format
 
@@ -17,6 +17,9 @@ from runtime import tensors
 from runtime.errors import InvalidInput
 from runtime.proto import model_config_pb2 as pb
 from runtime.types import TensorSpec
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 CONFIG_FILENAME = "config.pbtxt"
 ONNX_PLATFORM = "onnxruntime_onnx"
@@ -170,7 +173,11 @@ def _complete_batching(
 
 
 def _complete_tensors(
-    configured: Any, graph: Sequence[GraphTensor], max_batch_size: int, kind: str
+    configured: RepeatedCompositeFieldContainer[pb.ModelInput]
+    | RepeatedCompositeFieldContainer[pb.ModelOutput],
+    graph: Sequence[GraphTensor],
+    max_batch_size: int,
+    kind: str,
 ) -> None:
     by_name = {t.name: t for t in graph}
     if len(configured) == 0:
@@ -198,7 +205,9 @@ def _complete_tensors(
         _check_dims(spec, g, max_batch_size, kind)
 
 
-def _check_dims(spec: Any, g: GraphTensor, max_batch_size: int, kind: str) -> None:
+def _check_dims(
+    spec: pb.ModelInput | pb.ModelOutput, g: GraphTensor, max_batch_size: int, kind: str
+) -> None:
     graph_dims = g.shape[1:] if max_batch_size > 0 else g.shape
     dims = list(spec.dims)
     if len(dims) != len(graph_dims):
@@ -277,7 +286,7 @@ def _inline_run_us(message: pb.ModelConfig) -> int:
     return int(text)
 
 
-def _spec(t: Any, model_dir: Path | None) -> TensorSpec:
+def _spec(t: pb.ModelInput | pb.ModelOutput, model_dir: Path | None) -> TensorSpec:
     datatype = tensors.from_config_type(pb.DataType.Name(t.data_type))
     labels: tuple[str, ...] = ()
     label_filename = getattr(t, "label_filename", "")
@@ -298,7 +307,7 @@ def _spec(t: Any, model_dir: Path | None) -> TensorSpec:
     )
 
 
-def _queue_policy(p: Any) -> QueuePolicy:
+def _queue_policy(p: pb.ModelQueuePolicy) -> QueuePolicy:
     return QueuePolicy(
         timeout_action_delay=p.timeout_action == pb.ModelQueuePolicy.DELAY,
         default_timeout_us=p.default_timeout_microseconds,

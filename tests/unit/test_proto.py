@@ -58,6 +58,8 @@ def test_regenerating_gives_identical_stubs(tmp_path: Path) -> None:
     committed = _generated_files(STUB_DIR)
     assert sorted(fresh) == sorted(committed)
     assert {"model_config_pb2.py", "grpc_service_pb2.py", "grpc_service_pb2_grpc.py"} <= set(fresh)
+    # The type stubs mypy reads the messages through are regenerated and compared too.
+    assert {"model_config_pb2.pyi", "grpc_service_pb2.pyi"} <= set(fresh)
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert not stale, f"stale stubs, rerun `python proto/generate.py`: {stale}"
 

@@ -7,6 +7,7 @@ blob per output in output order, which is what tritonclient and perf_analyzer re
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -39,17 +40,17 @@ _CONTENTS_FIELD = {
 }
 
 
-def parameter_value(p: Any) -> Any:
+def parameter_value(p: pb.InferParameter) -> Any:
     """The Python value of an InferParameter (its oneof)."""
     which = p.WhichOneof("parameter_choice")
     return getattr(p, which) if which else None
 
 
-def _parameters(params: Any) -> dict[str, Any]:
+def _parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
     return {k: parameter_value(v) for k, v in params.items()}
 
 
-def decode_request(msg: Any) -> InferenceRequest:
+def decode_request(msg: pb.ModelInferRequest) -> InferenceRequest:
     """Build the neutral request; sizes are checked before any array is made."""
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
@@ -76,7 +77,7 @@ def decode_request(msg: Any) -> InferenceRequest:
     return request
 
 
-def _decode_input(tensor: Any, blob: bytes | None) -> InputTensor:
+def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, blob: bytes | None) -> InputTensor:
     name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
     if blob is not None:
         if tensor.HasField("contents"):
@@ -125,7 +126,7 @@ def _typed(values: Any, datatype: str, field: str, name: str) -> np.ndarray:
     return arr
 
 
-def _decode_output(out: Any) -> RequestedOutput:
+def _decode_output(out: pb.ModelInferRequest.InferRequestedOutputTensor) -> RequestedOutput:
     count = 0
     if "classification" in out.parameters:
         value = parameter_value(out.parameters["classification"])
@@ -137,7 +138,7 @@ def _decode_output(out: Any) -> RequestedOutput:
     return RequestedOutput(out.name, count)
 
 
-def encode_response(response: InferenceResponse) -> Any:
+def encode_response(response: InferenceResponse) -> pb.ModelInferResponse:
     msg = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version,

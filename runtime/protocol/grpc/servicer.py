@@ -7,10 +7,11 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from runtime.access import Restriction
 from runtime.dataplane import DataPlane
@@ -61,6 +62,15 @@ def _guard(method: Handler, api_group: str) -> Handler:
     return wrapper
 
 
+_Message = TypeVar("_Message", bound=Message)
+
+
+def _parsed(data: Mapping[str, Any], message: _Message) -> _Message:
+    """`message` filled from the data plane's answer, which has the message's JSON shape."""
+    json_format.ParseDict(data, message)
+    return message
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Translates each RPC to one DataPlane call."""
 
@@ -80,44 +90,62 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             raise PermissionDenied(f"This API is restricted, expecting header '{restriction.key}'")
 
     @unary("health")
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Any
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dp.live)
 
     @unary("health")
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Any
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dp.ready)
 
     @unary("health")
-    async def ModelReady(self, request: Any, context: Any) -> Any:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version))
 
     @unary("metadata")
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return json_format.ParseDict(self.dp.server_metadata(), pb.ServerMetadataResponse())
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return _parsed(self.dp.server_metadata(), pb.ServerMetadataResponse())
 
     @unary("metadata")
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
         meta = self.dp.model_metadata(request.name, request.version)
-        return json_format.ParseDict(meta, pb.ModelMetadataResponse())
+        return _parsed(meta, pb.ModelMetadataResponse())
 
     @unary("model-config")
-    async def ModelConfig(self, request: Any, context: Any) -> Any:
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Any
+    ) -> pb.ModelConfigResponse:
         response = pb.ModelConfigResponse()
         response.config.CopyFrom(self.dp.model_config(request.name, request.version))
         return response
 
     @unary("statistics")
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
         stats = self.dp.statistics(request.name, request.version)
-        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+        return _parsed(stats, pb.ModelStatisticsResponse())
 
     @unary("model-repository")
-    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
         rows = self.dp.repository_index(request.ready)
-        return json_format.ParseDict({"models": rows}, pb.RepositoryIndexResponse())
+        return _parsed({"models": rows}, pb.RepositoryIndexResponse())
 
     @unary("model-repository")
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
         config = None
         for key, value in request.parameters.items():
             if key.startswith("file:"):
@@ -128,12 +156,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.RepositoryModelLoadResponse()
 
     @unary("model-repository")
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
         await self.dp.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @unary("inference")
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> pb.ModelInferResponse:
         received_ns = time.monotonic_ns()
         decoded = codec.decode_request(request)
         decoded.received_ns = received_ns
@@ -141,8 +173,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return codec.encode_response(await self.dp.infer(decoded))
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[Any]:
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently; each answer carries its request's id.
 
         An error goes into that response's error_message and the stream stays open.
@@ -151,10 +183,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             self.check_restriction("inference", context)
         except PermissionDenied as exc:
             await context.abort(status_code(exc), exc.message)
-        results: asyncio.Queue[Any] = asyncio.Queue()
+        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
-        async def one(message: Any) -> None:
+        async def one(message: pb.ModelInferRequest) -> None:
             await results.put(await self._stream_answer(message))
 
         async def read() -> None:
@@ -175,7 +207,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             for task in list(tasks):
                 task.cancel()
 
-    async def _stream_answer(self, message: Any) -> Any:
+    async def _stream_answer(self, message: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
         try:
             request = codec.decode_request(message)
             request.protocol = "grpc"
