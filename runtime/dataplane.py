@@ -85,7 +85,7 @@ class DataPlane:
         return c.inputs[0], c.batched
 
     def model_config(self, name: str, version: str = "") -> pb.ModelConfig:
-        return self.registry.get(name, version).config.proto
+        return cfg.render(self.registry.get(name, version).config)
 
     def model_config_json(self, name: str, version: str = "") -> dict[str, Any]:
         return cfg.to_json(self.model_config(name, version))

@@ -22,7 +22,6 @@ import kernels
 from runtime import tensors
 from runtime.config import ConfigError, ModelConfig, TensorSpec
 from runtime.pipeline import PipelineSpec, Step, Steps, StepSpec
-from runtime.proto import model_config_pb2 as pb
 
 ARRAYS_FILENAME = "pipeline.npz"
 
@@ -183,23 +182,7 @@ def client_config(spec: PipelineSpec, pipeline: Steps, config: ModelConfig) -> M
     outputs = tuple(
         replace(t, datatype=tensors.datatype_of(done[t.name].dtype)) for t in config.outputs
     )
-    return replace(config, inputs=inputs, outputs=outputs, proto=_proto(config, inputs, outputs))
-
-
-def _proto(
-    config: ModelConfig, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
-) -> pb.ModelConfig:
-    """The config message with the tensors as clients see them, so that the config and
-    metadata endpoints agree (tools read either)."""
-    message = pb.ModelConfig()
-    message.CopyFrom(config.proto)
-    for entries, specs in ((message.input, inputs), (message.output, outputs)):
-        by_name = {s.name: s for s in specs}
-        for entry in entries:
-            spec = by_name[entry.name]
-            entry.data_type = pb.DataType.Value(tensors.config_type(spec.datatype))
-            entry.dims[:] = list(spec.dims)
-    return message
+    return replace(config, inputs=inputs, outputs=outputs)
 
 
 _DECLARE = (

@@ -19,6 +19,7 @@ from runtime.config.model import (
     complete,
     parse_config_json,
     read_config_file,
+    render,
     to_json,
 )
 from runtime.config.server import DEFAULT_MAX_INPUT_SIZE, ServerConfig
@@ -45,5 +46,6 @@ __all__ = [
     "parse_config_json",
     "parse_restrictions",
     "read_config_file",
+    "render",
     "to_json",
 ]

@@ -77,7 +77,8 @@ class ModelConfig:
     gpus: tuple[int, ...]
     default_model_filename: str
     parameters: Mapping[str, str]
-    proto: pb.ModelConfig
+    # The completed message this was built from; the config endpoints answer `render(config)`.
+    source: pb.ModelConfig
     # Conveyor's own: batches whose run averages under this many microseconds run on the
     # event loop instead of an instance thread (0: never). See runtime/batching/batcher.py.
     inline_run_us: int = 0
@@ -269,7 +270,7 @@ def build(message: pb.ModelConfig, model_dir: Path | None = None) -> ModelConfig
         gpus=gpus,
         default_model_filename=message.default_model_filename or "model.onnx",
         parameters={k: v.string_value for k, v in message.parameters.items()},
-        proto=message,
+        source=message,
         inline_run_us=_inline_run_us(message),
     )
 
@@ -407,3 +408,19 @@ def to_json(message: pb.ModelConfig) -> dict[str, Any]:
     )
     result: dict[str, Any] = _numbers(raw)
     return result
+
+
+def render(config: ModelConfig) -> pb.ModelConfig:
+    """The config as the config endpoints answer it: the message it was built from, with each
+    tensor as clients see it (a pipeline's steps may change what they send and get), so that
+    the config and metadata endpoints agree (tools read either)."""
+    message = pb.ModelConfig()
+    message.CopyFrom(config.source)
+    for entries, specs in ((message.input, config.inputs), (message.output, config.outputs)):
+        by_name = {s.name: s for s in specs}
+        for entry in entries:
+            spec = by_name.get(entry.name)
+            if spec is not None:
+                entry.data_type = pb.DataType.Value(tensors.config_type(spec.datatype))
+                entry.dims[:] = list(spec.dims)
+    return message

@@ -65,7 +65,7 @@ def make_config(
         gpus=(),
         default_model_filename="model.onnx",
         parameters={},
-        proto=pb.ModelConfig(),
+        source=pb.ModelConfig(),
     )
 
 

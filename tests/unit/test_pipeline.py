@@ -189,10 +189,11 @@ def test_client_config_takes_the_declared_input_and_the_post_dtype(tmp_path: Pat
     assert seen.outputs[0].datatype == "FP32"
     assert config.inputs[0].datatype == "FP32"
     # The config endpoint's message says the same as the metadata.
-    assert seen.proto.input[0].data_type == pb.TYPE_UINT8
-    assert list(seen.proto.input[0].dims) == [4, 5, 3]
-    assert seen.proto.output[0].data_type == pb.TYPE_FP32
-    assert config.proto.input[0].data_type == pb.TYPE_FP32
+    answer = cfg.render(seen)
+    assert answer.input[0].data_type == pb.TYPE_UINT8
+    assert list(answer.input[0].dims) == [4, 5, 3]
+    assert answer.output[0].data_type == pb.TYPE_FP32
+    assert cfg.render(config).input[0].data_type == pb.TYPE_FP32
 
 
 def test_client_config_refuses_steps_that_do_not_fit_the_model(tmp_path: Path) -> None:
