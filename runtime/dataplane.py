@@ -7,6 +7,7 @@ renders metadata, config, statistics, autoscaling signals and the repository ind
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
 from runtime import __version__
@@ -155,12 +156,13 @@ class DataPlane:
 
     # -- inference ----------------------------------------------------------------------
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Hand the request to the version it names (the latest ready one by default)."""
+    def infer(self, request: InferenceRequest) -> Coroutine[Any, Any, InferenceResponse]:
+        """Hand the request to the version it names (the latest ready one by default); the
+        adapter awaits the instance's own coroutine, one frame less on every request."""
         model = self.registry.get(request.model_name, request.model_version)
         if not self.ready:
             model.refuse(request, Unavailable("the server is not ready"))
-        return await model.infer(request)
+        return model.infer(request)
 
 
 _ADDITIVE = ("queue_depth", "in_flight", "in_flight_avg", "arrival_rate", "completion_rate")

@@ -18,7 +18,7 @@ import numpy as np
 from runtime import classification, steps, tensors
 from runtime import config as cfg
 from runtime import pipeline as pipe
-from runtime.backends import open_backend
+from runtime.backends import registration
 from runtime.backends.base import Backend
 from runtime.backends.onnx import OnnxBackend
 from runtime.batching.batcher import DynamicBatcher
@@ -55,14 +55,20 @@ def load_instance(
     model_dir: Path, version: int, message: pb.ModelConfig, settings: InstanceSettings
 ) -> ModelInstance:
     """Open, complete, check and warm one version; ConfigError says why it cannot serve."""
-    backend = open_backend(model_dir, version, message, settings.device)
+    runtime = registration(message)  # the platform is checked before any file is read
+    backend = runtime.open(model_dir, version, message, settings.device)
     on_gpu = isinstance(backend, OnnxBackend) and backend.on_gpu
     if on_gpu:
         message = _pin_to_gpu(message)
     try:
         completed = cfg.complete(
-            message, model_dir.name, backend.graph_inputs(), backend.graph_outputs()
+            message,
+            model_dir.name,
+            backend.graph_inputs(),
+            backend.graph_outputs(),
+            runtime.default_filename,
         )
+        backend.prepare(completed)
         model_config = cfg.build(completed, model_dir)
         warm_up(backend, model_config)
         version_dir = model_dir / str(version)

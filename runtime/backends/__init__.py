@@ -1,32 +1,60 @@
 """Backends by platform: the one place where a runtime is registered.
 
-A new runtime is one module in this package and one entry in OPENERS.
+A new runtime is one module in this package and one entry in BACKENDS. The config's
+`platform` (or `backend`) is looked up here before any model file is read, so a model
+asking for a runtime Conveyor does not have is refused with that reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.backends.base import Backend
 from runtime.backends.onnx import open_onnx
-from runtime.config import ONNX_BACKEND, ONNX_PLATFORM
+from runtime.config import ONNX_BACKEND, ONNX_PLATFORM, ConfigError
 from runtime.proto import model_config_pb2 as pb
 
 # (model folder, version, config message, --device) -> an open backend, or ConfigError.
 Opener = Callable[[Path, int, pb.ModelConfig, str], Backend]
 
-OPENERS: dict[str, Opener] = {
-    ONNX_PLATFORM: open_onnx,
-    ONNX_BACKEND: open_onnx,
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """How a platform's versions are opened, and the file a version holds by default."""
+
+    open: Opener
+    default_filename: str
+
+
+BACKENDS: dict[str, Registration] = {
+    ONNX_PLATFORM: Registration(open_onnx, "model.onnx"),
+    ONNX_BACKEND: Registration(open_onnx, "model.onnx"),
 }
 
 
-def open_backend(model_dir: Path, version: int, message: pb.ModelConfig, device: str) -> Backend:
-    """Open the backend the config's platform (or backend) names; ONNX Runtime by default.
+def registration(message: pb.ModelConfig) -> Registration:
+    """The runtime the config names (ONNX Runtime when it names none); ConfigError when none
+    is registered under a name it gives, or its platform and backend name different ones."""
+    chosen: Registration | None = None
+    for kind, name in (("platform", message.platform), ("backend", message.backend)):
+        if not name:
+            continue
+        entry = BACKENDS.get(name)
+        if entry is None:
+            raise ConfigError(
+                f"{kind} '{name}' is not supported; expected one of {sorted(BACKENDS)}"
+            )
+        if chosen is not None and entry != chosen:
+            raise ConfigError(
+                f"platform '{message.platform}' and backend '{message.backend}' name "
+                "different runtimes; give one"
+            )
+        chosen = entry
+    return chosen or BACKENDS[ONNX_PLATFORM]
 
-    A platform no opener is registered for goes to ONNX Runtime too, whose config
-    completion then refuses it by name.
-    """
-    opener = OPENERS.get(message.platform or message.backend or ONNX_PLATFORM, open_onnx)
-    return opener(model_dir, version, message, device)
+
+def open_backend(model_dir: Path, version: int, message: pb.ModelConfig, device: str) -> Backend:
+    """Open one version with the runtime its config names."""
+    return registration(message).open(model_dir, version, message, device)

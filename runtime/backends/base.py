@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from runtime.config import GraphTensor
+from runtime.proto import model_config_pb2 as pb
 
 
 class Backend(Protocol):
@@ -25,6 +26,10 @@ class Backend(Protocol):
     def graph_inputs(self) -> Sequence[GraphTensor]: ...
 
     def graph_outputs(self) -> Sequence[GraphTensor]: ...
+
+    def prepare(self, completed: pb.ModelConfig) -> None:
+        """Told the completed config (what config.pbtxt left out filled in from the graph)
+        before the version's warm-up; a backend that needs it to load finishes loading here."""
 
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]

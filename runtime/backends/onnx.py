@@ -114,6 +114,9 @@ class OnnxBackend:
     def graph_outputs(self) -> Sequence[GraphTensor]:
         return self._outputs
 
+    def prepare(self, completed: pb.ModelConfig) -> None:
+        """The session is complete as opened."""
+
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:

@@ -30,6 +30,7 @@ import onnxruntime as ort
 
 from runtime.backends.onnx import OnnxBackend
 from runtime.config import GraphTensor
+from runtime.proto import model_config_pb2 as pb
 
 DeviceArray = Any  # a numba.cuda device array (or the simulator's stand-in)
 Kernel = Callable[..., DeviceArray]
@@ -201,6 +202,9 @@ class OnnxCudaBackend:
 
     def close(self) -> None:
         self.onnx.close()
+
+    def prepare(self, completed: pb.ModelConfig) -> None:
+        self.onnx.prepare(completed)
 
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]

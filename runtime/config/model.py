@@ -131,8 +131,13 @@ def complete(
     name: str,
     graph_inputs: Sequence[GraphTensor],
     graph_outputs: Sequence[GraphTensor],
+    default_filename: str = "model.onnx",
 ) -> pb.ModelConfig:
-    """Fill what config.pbtxt left out from the graph, then normalise as Triton does."""
+    """Fill what config.pbtxt left out from the graph, then normalise as Triton does.
+
+    Which runtime the config names is checked by the backends (runtime/backends), before
+    any file is read; a config that names none runs on ONNX Runtime.
+    """
     out = pb.ModelConfig()
     out.CopyFrom(message)
     if out.name and out.name != name:
@@ -140,14 +145,12 @@ def complete(
     out.name = name
     if not out.platform and not out.backend:
         out.platform = ONNX_PLATFORM
-    if out.platform and out.platform != ONNX_PLATFORM:
-        raise ConfigError(f"platform '{out.platform}' is not supported; expected '{ONNX_PLATFORM}'")
-    if out.backend and out.backend != ONNX_BACKEND:
-        raise ConfigError(f"backend '{out.backend}' is not supported; expected '{ONNX_BACKEND}'")
     _complete_batching(out, graph_inputs, graph_outputs)
     _complete_tensors(out.input, graph_inputs, out.max_batch_size, "input")
     _complete_tensors(out.output, graph_outputs, out.max_batch_size, "output")
     _normalise(out)
+    if not out.default_model_filename:
+        out.default_model_filename = default_filename
     return out
 
 
@@ -244,8 +247,6 @@ def _normalise(out: pb.ModelConfig) -> None:
             group.count = 1
         if group.kind == pb.ModelInstanceGroup.KIND_AUTO:
             group.kind = pb.ModelInstanceGroup.KIND_CPU
-    if not out.default_model_filename:
-        out.default_model_filename = "model.onnx"
 
 
 def build(message: pb.ModelConfig, model_dir: Path | None = None) -> ModelConfig:

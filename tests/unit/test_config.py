@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as triton_pb  # type: ignore[import-untyped]
 
+from runtime import backends
 from runtime import config as cfg
 from runtime.config import ConfigError, GraphTensor
 from runtime.errors import InvalidInput
@@ -207,9 +208,9 @@ def test_complete_matching_name_is_fine() -> None:
 @pytest.mark.parametrize(
     "text", ['platform: "tensorflow_savedmodel"', 'backend: "pytorch"', 'platform: "onnx"']
 )
-def test_complete_unsupported_platform(text: str) -> None:
+def test_unsupported_platform_is_refused_before_any_file_is_read(text: str) -> None:
     with pytest.raises(ConfigError, match="not supported"):
-        complete_text(text)
+        backends.registration(text_format.Parse(text, pb.ModelConfig()))
 
 
 def test_complete_backend_onnxruntime_is_accepted() -> None:
