@@ -55,7 +55,9 @@ def load_instance(
     model_dir: Path, version: int, message: pb.ModelConfig, settings: InstanceSettings
 ) -> ModelInstance:
     """Open, complete, check and warm one version; ConfigError says why it cannot serve."""
-    runtime = registration(message)  # the platform is checked before any file is read
+    # The platform is checked before any file is read.
+    runtime = registration(message, model_dir / str(version))
+    message = runtime.named(message)
     backend = runtime.open(model_dir, version, message, settings.device)
     on_gpu = isinstance(backend, OnnxBackend) and backend.on_gpu
     if on_gpu:

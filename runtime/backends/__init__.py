@@ -26,17 +26,31 @@ class Registration:
 
     open: Opener
     default_filename: str
+    # What a config that names no runtime is completed with: a platform, or a backend.
+    platform: str = ""
+    backend: str = ""
+
+    def named(self, message: pb.ModelConfig) -> pb.ModelConfig:
+        """The message naming this runtime, if it named none."""
+        if message.platform or message.backend:
+            return message
+        out = pb.ModelConfig()
+        out.CopyFrom(message)
+        out.platform, out.backend = self.platform, self.backend
+        return out
 
 
 BACKENDS: dict[str, Registration] = {
-    ONNX_PLATFORM: Registration(open_onnx, "model.onnx"),
-    ONNX_BACKEND: Registration(open_onnx, "model.onnx"),
+    ONNX_PLATFORM: Registration(open_onnx, "model.onnx", platform=ONNX_PLATFORM),
+    ONNX_BACKEND: Registration(open_onnx, "model.onnx", platform=ONNX_PLATFORM),
 }
 
 
-def registration(message: pb.ModelConfig) -> Registration:
-    """The runtime the config names (ONNX Runtime when it names none); ConfigError when none
-    is registered under a name it gives, or its platform and backend name different ones."""
+def registration(message: pb.ModelConfig, version_dir: Path | None = None) -> Registration:
+    """The runtime the config names; ConfigError when none is registered under a name it
+    gives, or its platform and backend name different ones. A config that names none takes
+    the runtime whose default file the version folder holds (model.py: Python), as Triton
+    does; ONNX Runtime when it holds none of them."""
     chosen: Registration | None = None
     for kind, name in (("platform", message.platform), ("backend", message.backend)):
         if not name:
@@ -52,9 +66,16 @@ def registration(message: pb.ModelConfig) -> Registration:
                 "different runtimes; give one"
             )
         chosen = entry
-    return chosen or BACKENDS[ONNX_PLATFORM]
+    if chosen is not None:
+        return chosen
+    if version_dir is not None and not message.default_model_filename:
+        for entry in BACKENDS.values():
+            if (version_dir / entry.default_filename).is_file():
+                return entry
+    return BACKENDS[ONNX_PLATFORM]
 
 
 def open_backend(model_dir: Path, version: int, message: pb.ModelConfig, device: str) -> Backend:
     """Open one version with the runtime its config names."""
-    return registration(message).open(model_dir, version, message, device)
+    runtime = registration(message, model_dir / str(version))
+    return runtime.open(model_dir, version, runtime.named(message), device)
