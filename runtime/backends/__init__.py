@@ -13,6 +13,7 @@ from pathlib import Path
 
 from runtime.backends.base import Backend
 from runtime.backends.onnx import open_onnx
+from runtime.backends.python import DEFAULT_FILENAME, PYTHON_BACKEND, open_python
 from runtime.config import ONNX_BACKEND, ONNX_PLATFORM, ConfigError
 from runtime.proto import model_config_pb2 as pb
 
@@ -43,6 +44,7 @@ class Registration:
 BACKENDS: dict[str, Registration] = {
     ONNX_PLATFORM: Registration(open_onnx, "model.onnx", platform=ONNX_PLATFORM),
     ONNX_BACKEND: Registration(open_onnx, "model.onnx", platform=ONNX_PLATFORM),
+    PYTHON_BACKEND: Registration(open_python, DEFAULT_FILENAME, backend=PYTHON_BACKEND),
 }
 
 
