@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from runtime.batching.adaptive import SloController
-from runtime.batching.queue import Pending, PriorityQueue
+from runtime.batching.queue import Pending, PriorityQueue, resolve
 from runtime.config import ModelConfig
 from runtime.errors import Cancelled, InternalError, Rejected, ServingError, Unavailable
 from runtime.events import BatchDone, Events
@@ -46,27 +45,6 @@ class _Plan:
     count: int = 0
     complete: bool = False
     deadline_ns: int = 0
-
-
-def _is_dead(item: Pending, now: int) -> bool:
-    """Cancelled, past its queue deadline, or its client went away."""
-    return (
-        item.future.done()
-        or bool(item.deadline_ns and item.deadline_ns <= now)
-        or (item.client_gone is not None and item.client_gone())
-    )
-
-
-def _resolve(
-    fut: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
-) -> None:
-    # A caller that went away leaves a cancelled future; never let it break the loop.
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
 
 
 class DynamicBatcher:
@@ -187,7 +165,7 @@ class DynamicBatcher:
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         for item in list(self._queue):
-            _resolve(item.future, error=Unavailable(f"model '{self._config.name}' was unloaded"))
+            resolve(item.future, error=Unavailable(f"model '{self._config.name}' was unloaded"))
         self._executor.shutdown(wait=True)
 
     async def _loop(self) -> None:
@@ -212,7 +190,7 @@ class DynamicBatcher:
             log.exception("batch loop of model '%s' crashed", self._config.name)
             self.failed = exc
             for item in list(self._queue):
-                _resolve(item.future, error=InternalError(f"batcher failed: {exc}"))
+                resolve(item.future, error=InternalError(f"batcher failed: {exc}"))
             raise
 
     async def _next_batch(self) -> list[Pending] | None:
@@ -248,7 +226,7 @@ class DynamicBatcher:
         first_key: tuple[tuple[int, ...], ...] | None = None
         cap = self.slo.rows_cap if self.slo is not None else self._max_rows
         for item in self._queue:
-            if _is_dead(item, now):
+            if item.is_dead(now):
                 dead.append(item)
                 continue
             if first_key is None:
@@ -287,7 +265,7 @@ class DynamicBatcher:
             if item.client_gone is not None and item.client_gone():
                 self._queue.remove(item)
                 error: ServingError = Cancelled("the client went away while the request was queued")
-                _resolve(item.future, error=error)
+                resolve(item.future, error=error)
                 self._events.rejected(item, error)
                 continue
             if not item.future.done() and self._queue.delay_on_timeout[item.level]:
@@ -297,7 +275,7 @@ class DynamicBatcher:
             self._queue.remove(item)
             if not item.future.done():
                 error = Rejected("Request timeout expired")
-                _resolve(item.future, error=error)
+                resolve(item.future, error=error)
                 self._events.rejected(item, error)
         return delayed
 
@@ -352,7 +330,7 @@ class DynamicBatcher:
     def _fail(self, error: ServingError, batch: list[Pending], done: BatchDone) -> None:
         self._events.batch_done(done)
         for item in batch:
-            _resolve(item.future, error=error)
+            resolve(item.future, error=error)
 
     def _run_batch(self, batch: list[Pending]) -> tuple[dict[str, np.ndarray], BatchDone]:
         t0 = time.perf_counter_ns()
@@ -387,12 +365,12 @@ class DynamicBatcher:
     ) -> None:
         t0 = time.perf_counter_ns()
         if len(batch) == 1:
-            _resolve(batch[0].future, outputs)
+            resolve(batch[0].future, outputs)
         else:
             start = 0
             for item in batch:
                 stop = start + item.rows
-                _resolve(item.future, {k: v[start:stop] for k, v in outputs.items()})
+                resolve(item.future, {k: v[start:stop] for k, v in outputs.items()})
                 start = stop
         done.output_ns = time.perf_counter_ns() - t0
         self._events.batch_done(done)

@@ -28,6 +28,27 @@ class Pending:
     client_gone: Callable[[], bool] | None = None
     shape_key: tuple[tuple[int, ...], ...] = field(default=())
 
+    def is_dead(self, now: int) -> bool:
+        """Cancelled, past its queue deadline, or its client went away."""
+        return (
+            self.future.done()
+            or bool(self.deadline_ns and self.deadline_ns <= now)
+            or (self.client_gone is not None and self.client_gone())
+        )
+
+
+def resolve(
+    fut: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
+) -> None:
+    """Answer a request once: a caller that went away leaves a cancelled future, and that must
+    never break the batch loop."""
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
 
 class PriorityQueue:
     """Requests by priority level (1 = highest), FIFO within a level.
