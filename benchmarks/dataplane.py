@@ -16,7 +16,6 @@ boundary costs. Writes benchmarks/results/dataplane.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import statistics
@@ -38,11 +37,11 @@ from runtime.registry import Registry
 from runtime.types import InferenceRequest, InputTensor
 
 ROOT = Path(__file__).resolve().parent.parent
-DOUBLE = '''
+DOUBLE = """
 class Model:
     def predict(self, inputs):
         return {"y": inputs["x"] * 2}
-'''
+"""
 DOUBLE_CONFIG = """name: "double"
 backend: "python"
 max_batch_size: 8
