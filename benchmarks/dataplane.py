@@ -9,14 +9,16 @@ after another on uvloop:
   (the batch crosses to it and back through shared memory);
 - `function`: the same y = 2 * x called in-process, the floor the worker hop is measured from.
 
-`python - function` is the worker hop: server-side time per request that the process
-boundary costs. Writes benchmarks/results/dataplane.json and prints a table.
+`python - function` is the worker hop: the time per request that the process boundary
+costs, and the CPU it costs (the server's process and its worker's together). Writes
+benchmarks/results/dataplane.json and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -58,17 +60,38 @@ def repository() -> Path:
     return root
 
 
-async def rounds(call: Callable[[], Awaitable[Any]], calls: int, n: int) -> list[float]:
-    """Microseconds per call, one figure per round, after a warm-up round."""
+def workers_cpu_s() -> float:
+    """CPU seconds used so far by this process's worker processes (read from /proc)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and b"runtime.worker" in command:
+            total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def rounds(
+    call: Callable[[], Awaitable[Any]], calls: int, n: int
+) -> tuple[list[float], float, float]:
+    """Microseconds per call, one figure per round, after a warm-up round; and the server's
+    and its workers' CPU microseconds per call over all rounds."""
     for _ in range(calls // 4):
         await call()
     out = []
+    cpu0, workers0 = time.process_time(), workers_cpu_s()
     for _ in range(n):
         start = time.perf_counter()
         for _ in range(calls):
             await call()
         out.append((time.perf_counter() - start) / calls * 1e6)
-    return out
+    cpu = (time.process_time() - cpu0) / (calls * n) * 1e6
+    return out, cpu, (workers_cpu_s() - workers0) / (calls * n) * 1e6
 
 
 async def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -93,8 +116,16 @@ async def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     try:
         for name, call in cases.items():
-            times = await rounds(call, args.calls, args.rounds)
-            rows.append({"case": name, "us_per_call": statistics.median(times), "rounds": times})
+            times, cpu, workers = await rounds(call, args.calls, args.rounds)
+            rows.append(
+                {
+                    "case": name,
+                    "us_per_call": statistics.median(times),
+                    "rounds": times,
+                    "server_cpu_us": cpu,
+                    "worker_cpu_us": workers,
+                }
+            )
     finally:
         await registry.close()
     return rows
@@ -108,23 +139,29 @@ def main() -> None:
     args = parser.parse_args()
     rows = uvloop.run(sweep(args))
     by_case = {r["case"]: r["us_per_call"] for r in rows}
+    cpu = {r["case"]: r["server_cpu_us"] + r["worker_cpu_us"] for r in rows}
     report = {
         "benchmark": "dataplane",
         "machine": f"{platform.machine()} {platform.platform()}",
         "rows": rows,
         "worker_hop_us": by_case["python"] - by_case["function"],
+        "worker_hop_cpu_us": cpu["python"] - cpu["function"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     table = Table(title="DataPlane.infer in-process, one row per request")
-    for col in ("case", "us/call (median)", "rounds"):
+    for col in ("case", "us/call (median)", "rounds", "server CPU us", "worker CPU us"):
         table.add_column(col, justify="right")
     for r in rows:
         spread = f"{min(r['rounds']):.1f}-{max(r['rounds']):.1f}"
-        table.add_row(r["case"], f"{r['us_per_call']:.1f}", spread)
+        cpu, workers = f"{r['server_cpu_us']:.1f}", f"{r['worker_cpu_us']:.1f}"
+        table.add_row(r["case"], f"{r['us_per_call']:.1f}", spread, cpu, workers)
     console = Console()
     console.print(table)
-    console.print(f"worker hop: {report['worker_hop_us']:.1f} us per request; wrote {args.out}")
+    console.print(
+        f"worker hop: {report['worker_hop_us']:.1f} us per request, "
+        f"{report['worker_hop_cpu_us']:.1f} us of CPU (server and worker); wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

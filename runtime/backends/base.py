@@ -7,7 +7,7 @@ runtime/backends/__init__.py, which opens the backend a model's platform names.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,3 +36,14 @@ class Backend(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncBackend(Backend, Protocol):
+    """A backend whose batches wait on another process: the batcher awaits `run_async` on
+    the event loop instead of parking an instance thread on the wait (two thread hand-offs
+    a batch fewer). `run` stays for calls made off the loop, such as the warm-up at load."""
+
+    async def run_async(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]: ...

@@ -17,15 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from runtime.batching.adaptive import SloController
+from runtime.batching.collate import check_rows, joined
 from runtime.batching.queue import Pending, PriorityQueue, resolve
 from runtime.config import ModelConfig
 from runtime.errors import Cancelled, InternalError, Rejected, ServingError, Unavailable
@@ -34,8 +37,11 @@ from runtime.types import InferenceRequest
 
 log = logging.getLogger(__name__)
 
-# What runs one batch: the model version's pipeline (pre steps, backend, post steps).
+# What runs one batch: the model version's pipeline (pre steps, backend, post steps). A
+# coroutine function is awaited on the loop (a backend that waits on another process);
+# a plain one runs on an instance thread, or inline when it is fast.
 RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+AsyncRunFn = Callable[[Mapping[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 
 
 @dataclass(slots=True)
@@ -53,7 +59,7 @@ class DynamicBatcher:
     def __init__(
         self,
         config: ModelConfig,
-        run: RunFn,
+        run: RunFn | AsyncRunFn,
         events: Events | None = None,
         *,
         default_max_queue_size: int = 0,
@@ -61,7 +67,13 @@ class DynamicBatcher:
     ) -> None:
         self._config = config
         self._batching = config.batching
-        self._run_model = run
+        self._run_async: AsyncRunFn | None = None
+        self._run_model: RunFn | None = None
+        if inspect.iscoroutinefunction(run):
+            self._run_async = run
+            inline = False
+        else:
+            self._run_model = cast(RunFn, run)
         self._events = events or Events()
         self._watched = self._events.watches_batches
         self._queue = PriorityQueue(config.batching, default_max_queue_size)
@@ -285,7 +297,10 @@ class DynamicBatcher:
         seq = self._dispatched
         self._dispatched += 1
         try:
-            outputs, done = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            if self._run_async is not None:
+                outputs, done = await self._await_batch(self._run_async, batch)
+            else:
+                outputs, done = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as exc:
             self._answer_failure(seq, batch, exc, dispatched_ns)
             return
@@ -333,26 +348,35 @@ class DynamicBatcher:
             resolve(item.future, error=error)
 
     def _run_batch(self, batch: list[Pending]) -> tuple[dict[str, np.ndarray], BatchDone]:
+        assert self._run_model is not None
         t0 = time.perf_counter_ns()
-        if len(batch) == 1:
-            inputs = batch[0].inputs
-        else:
-            inputs = {
-                name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
-            }
+        inputs = joined(batch)
         t1 = time.perf_counter_ns()
-        outputs = self._run_model(inputs)
+        return self._ran(batch, inputs, self._run_model(inputs), t0, t1)
+
+    async def _await_batch(
+        self, run: AsyncRunFn, batch: list[Pending]
+    ) -> tuple[dict[str, np.ndarray], BatchDone]:
+        t0 = time.perf_counter_ns()
+        inputs = joined(batch)
+        t1 = time.perf_counter_ns()
+        return self._ran(batch, inputs, await run(inputs), t0, t1)
+
+    def _ran(
+        self,
+        batch: list[Pending],
+        inputs: Mapping[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        t0: int,
+        t1: int,
+    ) -> tuple[dict[str, np.ndarray], BatchDone]:
+        """Time, check and watch a batch that ran (on whichever thread it ran)."""
         t2 = time.perf_counter_ns()
         run_ns = t2 - t0
         self._run_ns = run_ns if not self._run_ns else self._run_ns + (run_ns - self._run_ns) / 5
         rows = sum(p.rows for p in batch)
         if self._config.batched:
-            for name, arr in outputs.items():
-                if arr.ndim == 0 or arr.shape[0] != rows:
-                    raise InternalError(
-                        f"model '{self._config.name}' returned output '{name}' with shape "
-                        f"{list(arr.shape)} for a batch of {rows} rows"
-                    )
+            check_rows(self._config.name, outputs, rows)
         if self._watched:
             # Outside the timed run: a monitor neither counts as compute in the statistics
             # nor moves a model off inline runs (a 7 µs drift tap took the MLP's batches of

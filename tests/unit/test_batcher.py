@@ -1029,3 +1029,32 @@ def test_failing_inline_run_fails_only_its_batch() -> None:
         assert batcher.failed is None
 
     run(body())
+
+
+def test_an_awaitable_run_is_awaited_on_the_loop_and_answers_each_caller() -> None:
+    """A backend that waits on another process gives the batcher a coroutine function: it is
+    awaited on the loop (no instance thread), batches as usual, and failures fail its batch."""
+    calls: list[tuple[int, int]] = []
+
+    async def awaited(inputs: Mapping[str, np.ndarray]) -> Arrays:
+        calls.append((threading.get_ident(), len(inputs["INPUT0"])))
+        await asyncio.sleep(0)
+        if (inputs["INPUT0"] < 0).any():
+            raise RuntimeError("boom")
+        return double(inputs)
+
+    async def body() -> None:
+        recorder = Recorder()
+        batcher = DynamicBatcher(make_config(8), awaited, events(recorder))
+        batcher.start()
+        try:
+            sent = [rows(1, 0), rows(2, 100), rows(3, 200)]
+            await check_own_rows([submit(batcher, d) for d in sent], sent)
+            with pytest.raises(InternalError, match="boom"):
+                await submit(batcher, rows(1, -50))
+        finally:
+            await batcher.stop()
+        assert calls == [(threading.get_ident(), 6), (threading.get_ident(), 1)]
+        assert recorder.batches == [(6, 3, True), (1, 1, False)]
+
+    run(body())
