@@ -91,6 +91,13 @@ class SharedBuffer:
         """What the other process needs to attach."""
         return str(self.path), self.size
 
+    def unlink(self) -> None:
+        """Remove the name once the other process has mapped the buffer: the memory stays
+        theirs and ours, and nothing is left in /dev/shm if the server is killed."""
+        if self.owner:
+            self.path.unlink(missing_ok=True)
+            self.owner = False
+
     def close(self) -> None:
         # A view still exported keeps the mapping alive; it goes with the last view.
         with contextlib.suppress(BufferError):

@@ -66,6 +66,8 @@ class _Worker:
         self.conn = Connection(ours.detach())
         self.input: SharedBuffer | None = None
         self.output: SharedBuffer | None = None
+        # Buffers whose names the worker has been sent but not yet answered after.
+        self._unmapped: list[SharedBuffer] = []
         # The event loop watching the connection, and the answer it waits for.
         self._reader: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -158,16 +160,21 @@ class _Worker:
             if self.input is not None:
                 self.input.close()
             self.input = SharedBuffer.create(need, f"conveyor-{self.model}-in")
+            self._unmapped.append(self.input)
         placed = self.input.write(numeric)
         self.send(("run", self.input.describe(), placed, objects, list(names)))
 
     def _answered(self, answer: Any) -> dict[str, np.ndarray] | None:
         """The batch's outputs from the worker's answer; None when it asked for a larger
         output buffer (sent now) and its answer is still to come."""
+        for buffer in self._unmapped:  # the worker has mapped every buffer it was sent
+            buffer.unlink()
+        self._unmapped.clear()
         if answer[0] == "grow":
             if self.output is not None:
                 self.output.close()
             self.output = SharedBuffer.create(answer[1], f"conveyor-{self.model}-out")
+            self._unmapped.append(self.output)
             self.send(self.output.describe())
             return None
         if answer[0] == "error":

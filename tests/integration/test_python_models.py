@@ -20,6 +20,7 @@ from tests.integration.conftest import (
     infer_input,
     make_client,
     running_server,
+    start_server,
 )
 
 BATCHED_FP32 = """
@@ -294,3 +295,39 @@ def test_sigterm_unloads_the_model_and_stops_its_workers(tmp_path: Path) -> None
         else:
             os.kill(worker, signal.SIGKILL)
             pytest.fail(f"worker {worker} outlived its server")
+
+
+def test_a_killed_server_leaves_no_shared_memory_behind(
+    python_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Buffers lose their names once the worker has mapped them: while a server serves, and
+    after it is killed outright, /dev/shm holds nothing of it."""
+    folder = Path("/dev/shm")
+    if not folder.is_dir():
+        pytest.skip("this machine has no /dev/shm; buffers live in the temporary folder")
+    write_model(
+        tmp_path / "repo",
+        "big",
+        BATCHED_FP32.format(width=65536, out_type="TYPE_FP32", out_width=65536, count=1),
+        """
+        class Model:
+            def predict(self, inputs):
+                return {"y": inputs["x"] * 3}
+        """,
+    )
+    srv = start_server(tmp_path / "repo")
+    try:
+        client = make_client("grpc", srv)
+        try:
+            for rows in (1, 8):  # past the first 1 MiB: both buffers grow
+                x = np.ones((rows, 65536), np.float32)
+                result = client.infer("big", [infer_input("grpc", "x", x)])
+                np.testing.assert_array_equal(result.as_numpy("y"), x * 3)
+        finally:
+            client.close()
+        assert list(folder.glob(f"conveyor-*-{srv.process.pid}-*")) == []
+    finally:
+        srv.process.kill()
+        srv.process.wait(30)
+        srv.stop()  # closes its log pipe; the process is gone already
+    assert list(folder.glob(f"conveyor-*-{srv.process.pid}-*")) == []
