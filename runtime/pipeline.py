@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.backends.base import AsyncBackend, Backend
 from runtime.config import ConfigError
+from runtime.errors import ServingError
 
 SETTINGS_FILENAME = "conveyor.yaml"
 PIPELINE_PARAMETER = "conveyor.pipeline"
@@ -155,7 +156,7 @@ class Pipeline:
         self.backend = backend
         self.post = tuple(post)
         self.output_names = tuple(output_names)
-        self.run: Callable[[Mapping[str, np.ndarray]], Any] = (
+        self.run: Callable[..., Any] = (
             self._run_steps if self.pre or self.post else self._run_backend
         )
         # Checked once here: a runtime protocol check costs tens of microseconds a call.
@@ -171,8 +172,14 @@ class Pipeline:
         outputs = self.backend.run(fed, self.output_names)
         return _apply(self.post, outputs) if self.post else outputs
 
-    async def _await_backend(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def _await_backend(
+        self, inputs: Mapping[str, np.ndarray], rows: Sequence[int]
+    ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray] | ServingError]:
         assert self._run_async is not None
         fed = _apply(self.pre, inputs) if self.pre else inputs
-        outputs = await self._run_async(fed, self.output_names)
-        return _apply(self.post, outputs) if self.post else outputs
+        outputs = await self._run_async(fed, self.output_names, rows)
+        if not self.post:
+            return outputs
+        if isinstance(outputs, list):  # each request's own answer
+            return [o if isinstance(o, ServingError) else _apply(self.post, o) for o in outputs]
+        return _apply(self.post, outputs)

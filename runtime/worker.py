@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime import triton_model
 from runtime.shared_buffer import SharedBuffer, size_for, split_objects
 
 MODEL_CLASS = "Model"
@@ -73,6 +74,7 @@ class Worker:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.model: Any = None
+        self.triton: triton_model.TritonAdapter | None = None
         self.input: SharedBuffer | None = None
         self.output: SharedBuffer | None = None
         self.dtypes: dict[str, np.dtype] = {}
@@ -80,23 +82,36 @@ class Worker:
     def start(self) -> bool:
         """Import, declare, load; False (the server told why) when the model cannot serve."""
         hello = self.conn.recv()
+        triton_model.install()
         try:
             module = import_model(Path(hello["path"]), hello["name"])
             model_class = getattr(module, MODEL_CLASS, None)
-            if not isinstance(model_class, type):
-                raise TypeError(f"{hello['path']} defines no class {MODEL_CLASS}")
+            triton = triton_model.defines(module)
+            if not isinstance(model_class, type) and not triton:
+                raise TypeError(
+                    f"{hello['path']} defines neither class {MODEL_CLASS} nor class "
+                    f"{triton_model.TRITON_CLASS}"
+                )
         except BaseException as exc:
             self.conn.send(("failed", last_line(exc)))
             return False
-        self.conn.send(
-            ("declared", declared(model_class, "inputs"), declared(model_class, "outputs"))
-        )
+        if triton:  # Triton's models declare their tensors in config.pbtxt
+            self.conn.send(("declared", [], []))
+        else:
+            assert isinstance(model_class, type)
+            self.conn.send(
+                ("declared", declared(model_class, "inputs"), declared(model_class, "outputs"))
+            )
         load = self.conn.recv()
         try:
             self.dtypes = {name: np.dtype(dt) for name, dt in load["output_dtypes"].items()}
-            self.model = model_class()
-            if hasattr(self.model, "load"):
-                self.model.load(ModelContext(**load["context"]))
+            if triton:
+                self.triton = triton_model.TritonAdapter(module, load["context"])
+            else:
+                assert isinstance(model_class, type)
+                self.model = model_class()
+                if hasattr(self.model, "load"):
+                    self.model.load(ModelContext(**load["context"]))
         except BaseException as exc:
             self.conn.send(("failed", last_line(exc)))
             return False
@@ -121,14 +136,20 @@ class Worker:
         placed: list[Any],
         objects: dict[str, np.ndarray],
         names: list[str],
+        rows: list[int],
     ) -> tuple[Any, ...]:
+        errors: list[tuple[int, str] | None] | None = None
         try:
             inputs = {**self._attach_input(buffer).read(placed), **objects}
             for array in inputs.values():
                 array.flags.writeable = False  # the server's buffer, not the model's scratch
-            outputs = self._outputs(self.model.predict(inputs), names)
+            if self.triton is not None:
+                outputs, errors = _flattened(self.triton.run(inputs, names, rows, self.dtypes))
+            else:
+                outputs = self._outputs(self.model.predict(inputs), names)
         except BaseException as exc:
-            return ("error", f"{type(exc).__name__}: {exc}")
+            message = str(exc) if self.triton is not None else f"{type(exc).__name__}: {exc}"
+            return ("error", message)
         numeric, objects_out = split_objects(outputs)
         need = size_for(numeric)
         if self.output is None or self.output.size < need:
@@ -137,6 +158,8 @@ class Worker:
             if self.output is not None:
                 self.output.close()
             self.output = SharedBuffer.attach(path, size)
+        if errors is not None:
+            return ("each", self.output.write(numeric), objects_out, errors)
         return ("ok", self.output.write(numeric), objects_out)
 
     def _attach_input(self, buffer: tuple[str, int]) -> SharedBuffer:
@@ -157,12 +180,33 @@ class Worker:
         return {n: np.asarray(result[n], dtype=self.dtypes.get(n)) for n in names}
 
     def _unload(self) -> None:
+        if self.triton is not None:
+            try:
+                self.triton.finalize()
+            except Exception:
+                traceback.print_exc()
+            return
         unload = getattr(self.model, "unload", None)
         if unload is not None:
             try:
                 unload()
             except Exception:
                 traceback.print_exc()
+
+
+def _flattened(
+    outcomes: list[triton_model.Outcome],
+) -> tuple[dict[str, np.ndarray], list[tuple[int, str] | None]]:
+    """Each request's outputs under "<index>/<name>", and each request's error or None."""
+    outputs: dict[str, np.ndarray] = {}
+    errors: list[tuple[int, str] | None] = []
+    for i, outcome in enumerate(outcomes):
+        if isinstance(outcome, tuple):
+            errors.append(outcome)
+            continue
+        errors.append(None)
+        outputs.update({f"{i}/{name}": array for name, array in outcome.items()})
+    return outputs, errors
 
 
 def main(argv: list[str]) -> int:

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from runtime.config import GraphTensor
+from runtime.errors import ServingError
 from runtime.proto import model_config_pb2 as pb
 
 
@@ -45,5 +46,7 @@ class AsyncBackend(Backend, Protocol):
     a batch fewer). `run` stays for calls made off the loop, such as the warm-up at load."""
 
     async def run_async(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
-    ) -> dict[str, np.ndarray]: ...
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], rows: Sequence[int]
+    ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray] | ServingError]:
+        """`rows`: each request's rows in the joined batch. The answer is the batch's outputs,
+        or each request's own outputs or error (a model that answers requests one by one)."""

@@ -27,9 +27,17 @@ from typing import Any
 import numpy as np
 
 from runtime import config as cfg
-from runtime import tensors
+from runtime import pb_utils, tensors
 from runtime.config import ConfigError, GraphTensor
-from runtime.errors import InternalError
+from runtime.errors import (
+    Cancelled,
+    InternalError,
+    InvalidInput,
+    NotFound,
+    ServingError,
+    Unavailable,
+    Unsupported,
+)
 from runtime.proto import model_config_pb2 as pb
 from runtime.shared_buffer import SharedBuffer, size_for, split_objects
 
@@ -107,18 +115,20 @@ class _Worker:
         if answer[0] == "failed":
             raise WorkerFailed(answer[1])
 
-    def run(self, inputs: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    def run(
+        self, inputs: Mapping[str, np.ndarray], names: Sequence[str], rows: Sequence[int]
+    ) -> Outputs:
         """One batch, waiting for the answer on this thread."""
-        self._request(inputs, names)
+        self._request(inputs, names, rows)
         while (outputs := self._answered(self.receive())) is None:
             pass
         return outputs
 
     async def run_async(
-        self, inputs: Mapping[str, np.ndarray], names: Sequence[str]
-    ) -> dict[str, np.ndarray]:
+        self, inputs: Mapping[str, np.ndarray], names: Sequence[str], rows: Sequence[int]
+    ) -> Outputs:
         """One batch, waiting for the answer on the event loop."""
-        self._request(inputs, names)
+        self._request(inputs, names, rows)
         while (outputs := self._answered(await self._readable_then_receive())) is None:
             pass
         return outputs
@@ -153,7 +163,9 @@ class _Worker:
             self._reader.remove_reader(self.conn.fileno())
             self._reader = None
 
-    def _request(self, inputs: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
+    def _request(
+        self, inputs: Mapping[str, np.ndarray], names: Sequence[str], rows: Sequence[int]
+    ) -> None:
         numeric, objects = split_objects(inputs)
         need = size_for(numeric)
         if self.input is None or self.input.size < need:
@@ -162,9 +174,9 @@ class _Worker:
             self.input = SharedBuffer.create(need, f"conveyor-{self.model}-in")
             self._unmapped.append(self.input)
         placed = self.input.write(numeric)
-        self.send(("run", self.input.describe(), placed, objects, list(names)))
+        self.send(("run", self.input.describe(), placed, objects, list(names), list(rows)))
 
-    def _answered(self, answer: Any) -> dict[str, np.ndarray] | None:
+    def _answered(self, answer: Any) -> Outputs | None:
         """The batch's outputs from the worker's answer; None when it asked for a larger
         output buffer (sent now) and its answer is still to come."""
         for buffer in self._unmapped:  # the worker has mapped every buffer it was sent
@@ -183,7 +195,10 @@ class _Worker:
         # The buffer is this worker's next answer too: the batch's outputs leave it now.
         outputs = {name: np.array(view) for name, view in views.items()}
         del views
-        return {**outputs, **answer[2]}
+        outputs.update(answer[2])
+        if answer[0] == "each":
+            return _each(self.model, outputs, answer[3])
+        return outputs
 
     def stop(self, timeout_s: float = 10.0) -> None:
         try:
@@ -200,6 +215,36 @@ class _Worker:
         for buffer in (self.input, self.output):
             if buffer is not None:
                 buffer.close()
+
+
+# A batch's outputs, or each request's own outputs or error (Triton's execute answers
+# every request on its own).
+Outputs = dict[str, np.ndarray] | list[dict[str, np.ndarray] | ServingError]
+
+_ERRORS: dict[int, type[ServingError]] = {
+    pb_utils.TritonError.INVALID_ARG: InvalidInput,
+    pb_utils.TritonError.NOT_FOUND: NotFound,
+    pb_utils.TritonError.UNAVAILABLE: Unavailable,
+    pb_utils.TritonError.UNSUPPORTED: Unsupported,
+    pb_utils.TritonError.CANCELLED: Cancelled,
+}
+
+
+def _each(
+    model: str, outputs: Mapping[str, np.ndarray], errors: Sequence[tuple[int, str] | None]
+) -> list[dict[str, np.ndarray] | ServingError]:
+    """Each request's outputs (sent as "<index>/<name>") or its error as the server's."""
+    per_request: list[dict[str, np.ndarray] | ServingError] = []
+    for i, error in enumerate(errors):
+        if error is not None:
+            code, message = error
+            per_request.append(_ERRORS.get(code, InternalError)(f"model '{model}': {message}"))
+            continue
+        prefix = f"{i}/"
+        per_request.append(
+            {k.removeprefix(prefix): v for k, v in outputs.items() if k.startswith(prefix)}
+        )
+    return per_request
 
 
 def _graph(entries: Sequence[Any], batched: bool) -> list[GraphTensor]:
@@ -310,28 +355,33 @@ class PythonBackend:
     def run(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        """A batch from a thread (the warm-up at load)."""
+        """A batch from a thread, as one request (the warm-up at load)."""
+        rows = [len(next(iter(inputs.values())))] if inputs else [1]
         worker = self._take()
         try:
-            outputs = worker.run(inputs, output_names)
+            outputs = worker.run(inputs, output_names, rows)
         except WorkerDied as exc:
             raise self._lost(worker, exc) from None
         except BaseException:
             self._idle.put(worker)
             raise
         self._idle.put(worker)
+        if isinstance(outputs, list):  # a Triton model's answer to its one request
+            if isinstance(outputs[0], ServingError):
+                raise outputs[0]
+            return outputs[0]
         return outputs
 
     async def run_async(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
-    ) -> dict[str, np.ndarray]:
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], rows: Sequence[int]
+    ) -> Outputs:
         """A batch from the batcher: the worker's answer is awaited on the event loop."""
         try:
             worker = self._idle.get_nowait()
         except queue.Empty:  # one is being started again after a crash
             worker = await asyncio.to_thread(self._take)
         try:
-            outputs = await worker.run_async(inputs, output_names)
+            outputs = await worker.run_async(inputs, output_names, rows)
         except WorkerDied as exc:
             raise self._lost(worker, exc) from None
         except asyncio.CancelledError:

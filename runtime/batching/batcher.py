@@ -28,7 +28,7 @@ from typing import cast
 import numpy as np
 
 from runtime.batching.adaptive import SloController
-from runtime.batching.collate import check_rows, joined
+from runtime.batching.collate import BatchOutputs, check_rows, joined, scatter
 from runtime.batching.queue import Pending, PriorityQueue, resolve
 from runtime.config import ModelConfig
 from runtime.errors import Cancelled, InternalError, Rejected, ServingError, Unavailable
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 # coroutine function is awaited on the loop (a backend that waits on another process);
 # a plain one runs on an instance thread, or inline when it is fast.
 RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-AsyncRunFn = Callable[[Mapping[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+# An awaited run is also told each request's rows, and may answer each request on its own.
+AsyncRunFn = Callable[[Mapping[str, np.ndarray], list[int]], Awaitable[BatchOutputs]]
 
 
 @dataclass(slots=True)
@@ -347,7 +348,7 @@ class DynamicBatcher:
         for item in batch:
             resolve(item.future, error=error)
 
-    def _run_batch(self, batch: list[Pending]) -> tuple[dict[str, np.ndarray], BatchDone]:
+    def _run_batch(self, batch: list[Pending]) -> tuple[BatchOutputs, BatchDone]:
         assert self._run_model is not None
         t0 = time.perf_counter_ns()
         inputs = joined(batch)
@@ -356,46 +357,37 @@ class DynamicBatcher:
 
     async def _await_batch(
         self, run: AsyncRunFn, batch: list[Pending]
-    ) -> tuple[dict[str, np.ndarray], BatchDone]:
+    ) -> tuple[BatchOutputs, BatchDone]:
         t0 = time.perf_counter_ns()
         inputs = joined(batch)
         t1 = time.perf_counter_ns()
-        return self._ran(batch, inputs, await run(inputs), t0, t1)
+        return self._ran(batch, inputs, await run(inputs, [p.rows for p in batch]), t0, t1)
 
     def _ran(
         self,
         batch: list[Pending],
         inputs: Mapping[str, np.ndarray],
-        outputs: dict[str, np.ndarray],
+        outputs: BatchOutputs,
         t0: int,
         t1: int,
-    ) -> tuple[dict[str, np.ndarray], BatchDone]:
+    ) -> tuple[BatchOutputs, BatchDone]:
         """Time, check and watch a batch that ran (on whichever thread it ran)."""
         t2 = time.perf_counter_ns()
         run_ns = t2 - t0
         self._run_ns = run_ns if not self._run_ns else self._run_ns + (run_ns - self._run_ns) / 5
         rows = sum(p.rows for p in batch)
-        if self._config.batched:
+        if self._config.batched and isinstance(outputs, dict):
             check_rows(self._config.name, outputs, rows)
-        if self._watched:
+        if self._watched and isinstance(outputs, dict):
             # Outside the timed run: a monitor neither counts as compute in the statistics
             # nor moves a model off inline runs (a 7 µs drift tap took the MLP's batches of
             # 16 over the 100 µs mark, onto threads: 11% fewer requests over HTTP).
             self._events.batch_ran(inputs, outputs)
         return outputs, BatchDone(rows, t1 - t0, t2 - t1, 0, 0, batch, True)
 
-    def _scatter(
-        self, outputs: dict[str, np.ndarray], batch: list[Pending], done: BatchDone
-    ) -> None:
+    def _scatter(self, outputs: BatchOutputs, batch: list[Pending], done: BatchDone) -> None:
         t0 = time.perf_counter_ns()
-        if len(batch) == 1:
-            resolve(batch[0].future, outputs)
-        else:
-            start = 0
-            for item in batch:
-                stop = start + item.rows
-                resolve(item.future, {k: v[start:stop] for k, v in outputs.items()})
-                start = stop
+        scatter(outputs, batch)
         done.output_ns = time.perf_counter_ns() - t0
         self._events.batch_done(done)
         if self.slo is not None:

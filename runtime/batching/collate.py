@@ -1,4 +1,4 @@
-"""Joining requests into one batch and checking what the model gave back: pure numpy."""
+"""Joining requests into one batch, and handing each request its part of the answer."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from runtime.batching.queue import Pending
-from runtime.errors import InternalError
+from runtime.batching.queue import Pending, resolve
+from runtime.errors import InternalError, ServingError
+
+# A batch's outputs, or each request's own outputs or error, in the batch's order.
+BatchOutputs = dict[str, np.ndarray] | list[dict[str, np.ndarray] | ServingError]
 
 
 def joined(batch: list[Pending]) -> dict[str, np.ndarray]:
@@ -25,3 +28,22 @@ def check_rows(model: str, outputs: Mapping[str, np.ndarray], rows: int) -> None
                 f"model '{model}' returned output '{name}' with shape "
                 f"{list(arr.shape)} for a batch of {rows} rows"
             )
+
+
+def scatter(outputs: BatchOutputs, batch: list[Pending]) -> None:
+    """Answer each request with its own rows of the outputs (views), or with its own answer."""
+    if isinstance(outputs, list):
+        for item, answer in zip(batch, outputs, strict=True):
+            if isinstance(answer, ServingError):
+                resolve(item.future, error=answer)
+            else:
+                resolve(item.future, answer)
+        return
+    if len(batch) == 1:
+        resolve(batch[0].future, outputs)
+        return
+    start = 0
+    for item in batch:
+        stop = start + item.rows
+        resolve(item.future, {k: v[start:stop] for k, v in outputs.items()})
+        start = stop

@@ -3,11 +3,13 @@ processes, through the real server and tritonclient over both protocols."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,88 @@ MODELS: dict[str, tuple[str | None, str]] = {
         "import not_a_module_of_anyone\n",
     ),
     "undeclared": (None, "class Model:\n    def predict(self, inputs):\n        return inputs\n"),
+    # Triton's Python backend interface, as its users write it.
+    "triton_add_sub": (
+        """
+        max_batch_size: 8
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+                { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
+                 { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] },
+                 { name: "REQUESTS" data_type: TYPE_INT32 dims: [ 1 ] } ]
+        dynamic_batching { max_queue_delay_microseconds: 200000 preferred_batch_size: [ 4 ] }
+        """,
+        """
+        import json
+        import numpy as np
+        import triton_python_backend_utils as pb_utils
+
+        class TritonPythonModel:
+            def initialize(self, args):
+                config = json.loads(args["model_config"])
+                out = pb_utils.get_output_config_by_name(config, "OUTPUT0")
+                self.dtype = pb_utils.triton_string_to_numpy(out["data_type"])
+
+            def execute(self, requests):
+                responses = []
+                for request in requests:
+                    a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                    b = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
+                    if (a < 0).any():
+                        error = pb_utils.TritonError(
+                            "INPUT0 must not be negative", pb_utils.TritonError.INVALID_ARG
+                        )
+                        responses.append(pb_utils.InferenceResponse(error=error))
+                        continue
+                    count = np.full((len(a), 1), len(requests), np.int32)
+                    responses.append(pb_utils.InferenceResponse(output_tensors=[
+                        pb_utils.Tensor("OUTPUT0", (a + b).astype(self.dtype)),
+                        pb_utils.Tensor("OUTPUT1", (a - b).astype(self.dtype)),
+                        pb_utils.Tensor("REQUESTS", count),
+                    ]))
+                return responses
+        """,
+    ),
+    "triton_args": (
+        """
+        max_batch_size: 0
+        input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
+        output [ { name: "ARGS" data_type: TYPE_STRING dims: [ 1 ] } ]
+        parameters { key: "greeting" value: { string_value: "hello" } }
+        """,
+        """
+        import json
+        import numpy as np
+        import triton_python_backend_utils as pb_utils
+
+        class TritonPythonModel:
+            def initialize(self, args):
+                self.args = dict(args)
+
+            async def execute(self, requests):
+                text = json.dumps(self.args).encode()
+                return [
+                    pb_utils.InferenceResponse([pb_utils.Tensor("ARGS", np.array([text], object))])
+                    for _ in requests
+                ]
+        """,
+    ),
+    "triton_raise": (
+        BATCHED_FP32.format(width=2, out_type="TYPE_FP32", out_width=2, count=1),
+        """
+        class TritonPythonModel:
+            def execute(self, requests):
+                raise ValueError("bad batch")
+        """,
+    ),
+    "triton_miscount": (
+        BATCHED_FP32.format(width=2, out_type="TYPE_FP32", out_width=2, count=1),
+        """
+        class TritonPythonModel:
+            def execute(self, requests):
+                return []
+        """,
+    ),
 }
 
 
@@ -260,8 +344,8 @@ def test_a_model_that_cannot_load_is_unavailable_with_its_reason(
 
 def test_no_worker_outlives_a_failed_load(python_server: ServerProcess) -> None:
     """broken_load's other instance was started too: it must be gone, as must the first."""
-    # double, pids: 2 each; declared, upper, explode, crash: 1 each
-    assert len(worker_pids(python_server.process.pid)) == 8
+    # double, pids: 2 each; declared, upper, explode, crash and the four triton_*: 1 each
+    assert len(worker_pids(python_server.process.pid)) == 12
 
 
 def test_sigterm_unloads_the_model_and_stops_its_workers(tmp_path: Path) -> None:
@@ -331,3 +415,79 @@ def test_a_killed_server_leaves_no_shared_memory_behind(
         srv.process.wait(30)
         srv.stop()  # closes its log pipe; the process is gone already
     assert list(folder.glob(f"conveyor-*-{srv.process.pid}-*")) == []
+
+
+def add_sub(protocol: str, a: np.ndarray, b: np.ndarray) -> list[Any]:
+    return [infer_input(protocol, "INPUT0", a), infer_input(protocol, "INPUT1", b)]
+
+
+def test_a_triton_python_model_gets_several_requests_in_one_execute(
+    python_server: ServerProcess, protocol: str
+) -> None:
+    """Four requests queued together reach one execute call as four requests, each with
+    its own tensors and its own response, as under Triton's dynamic batching."""
+    rng = np.random.default_rng(7)
+    sent = [(rng.random((n, 4), dtype=np.float32), rng.random((n, 4), dtype=np.float32))
+            for n in (1, 2, 1, 3)]  # fmt: skip
+    clients = [make_client(protocol, python_server) for _ in sent]
+    try:
+        with ThreadPoolExecutor(len(sent)) as pool:
+            futures = [
+                pool.submit(c.infer, "triton_add_sub", add_sub(protocol, a, b))
+                for c, (a, b) in zip(clients, sent, strict=True)
+            ]
+            results = [f.result() for f in futures]
+    finally:
+        for c in clients:
+            c.close()
+    for (a, b), result in zip(sent, results, strict=True):
+        np.testing.assert_allclose(result.as_numpy("OUTPUT0"), a + b, rtol=1e-6)
+        np.testing.assert_allclose(result.as_numpy("OUTPUT1"), a - b, rtol=1e-6)
+    assert max(int(r.as_numpy("REQUESTS").max()) for r in results) > 1
+
+
+def test_an_error_response_fails_only_its_request(pyclient: Any, protocol: str) -> None:
+    bad = np.full((1, 4), -1.0, np.float32)
+    message = expect_error(
+        protocol,
+        ("INVALID_ARGUMENT",),
+        pyclient.infer,
+        "triton_add_sub",
+        add_sub(protocol, bad, bad),
+    )
+    assert "INPUT0 must not be negative" in message
+    ok = np.ones((1, 4), np.float32)
+    result = pyclient.infer("triton_add_sub", add_sub(protocol, ok, ok))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), ok * 2)
+
+
+def test_initialize_gets_tritons_args(pyclient: Any, protocol: str) -> None:
+    result = pyclient.infer("triton_args", [infer_input(protocol, "IN", np.array([1], np.int32))])
+    args = json.loads(result.as_numpy("ARGS")[0])
+    config = json.loads(args["model_config"])
+    assert config["name"] == "triton_args"
+    assert config["parameters"] == {"greeting": {"string_value": "hello"}}
+    assert args["model_name"] == "triton_args"
+    assert args["model_version"] == "1"
+    assert args["model_instance_kind"] == "CPU"
+    assert args["model_instance_name"] == "triton_args_0_0"
+    assert Path(args["model_repository"]).name == "triton_args"
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        ("triton_raise", "Failed to process the request(s) for model 'triton_raise_0_0', "
+                         "message: ValueError: bad batch"),
+        ("triton_miscount", "Number of InferenceResponse objects do not match"),
+    ],
+)  # fmt: skip
+def test_a_failed_execute_fails_its_requests_with_tritons_message(
+    pyclient: Any, protocol: str, model: str, says: str
+) -> None:
+    x = np.zeros((1, 2), np.float32)
+    message = expect_error(
+        protocol, ("INTERNAL",), pyclient.infer, model, [infer_input(protocol, "x", x)]
+    )
+    assert says in message
+    assert pyclient.is_model_ready(model)

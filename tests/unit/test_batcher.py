@@ -1034,10 +1034,11 @@ def test_failing_inline_run_fails_only_its_batch() -> None:
 def test_an_awaitable_run_is_awaited_on_the_loop_and_answers_each_caller() -> None:
     """A backend that waits on another process gives the batcher a coroutine function: it is
     awaited on the loop (no instance thread), batches as usual, and failures fail its batch."""
-    calls: list[tuple[int, int]] = []
+    calls: list[tuple[int, list[int]]] = []
 
-    async def awaited(inputs: Mapping[str, np.ndarray]) -> Arrays:
-        calls.append((threading.get_ident(), len(inputs["INPUT0"])))
+    async def awaited(inputs: Mapping[str, np.ndarray], rows: list[int]) -> Arrays:
+        assert sum(rows) == len(inputs["INPUT0"])
+        calls.append((threading.get_ident(), rows))
         await asyncio.sleep(0)
         if (inputs["INPUT0"] < 0).any():
             raise RuntimeError("boom")
@@ -1054,7 +1055,39 @@ def test_an_awaitable_run_is_awaited_on_the_loop_and_answers_each_caller() -> No
                 await submit(batcher, rows(1, -50))
         finally:
             await batcher.stop()
-        assert calls == [(threading.get_ident(), 6), (threading.get_ident(), 1)]
+        assert calls == [(threading.get_ident(), [1, 2, 3]), (threading.get_ident(), [1])]
         assert recorder.batches == [(6, 3, True), (1, 1, False)]
+
+    run(body())
+
+
+def test_an_awaited_run_may_answer_each_request_on_its_own() -> None:
+    """A run that answers request by request (a Triton Python model's execute): each caller
+    gets its own outputs or its own error, and one failure fails no other request."""
+
+    async def each(inputs: Mapping[str, np.ndarray], rows: list[int]) -> Any:
+        answers: list[Any] = []
+        start = 0
+        for n in rows:
+            part = inputs["INPUT0"][start : start + n]
+            start += n
+            answers.append(InvalidInput("negative") if (part < 0).any() else {"OUTPUT0": part * 2})
+        return answers
+
+    async def body() -> None:
+        recorder = Recorder()
+        batcher = DynamicBatcher(
+            make_config(8, delay_us=HOUR_US, preferred=[6]), each, events(recorder)
+        )
+        batcher.start()
+        try:
+            sent = [rows(1, 0), rows(2, -100), rows(3, 200)]
+            good, bad, other = (submit(batcher, d) for d in sent)
+            await check_own_rows([good, other], [sent[0], sent[2]])
+            with pytest.raises(InvalidInput, match="negative"):
+                await bad
+        finally:
+            await batcher.stop()
+        assert recorder.batches == [(6, 3, True)]
 
     run(body())
