@@ -15,6 +15,7 @@ from pathlib import Path
 
 from runtime import config as cfg
 from runtime import reload_plan, repository, snapshot
+from runtime.config.support import check_supported
 from runtime.errors import InvalidInput, NotFound, Unavailable
 from runtime.instance import ModelInstance
 from runtime.loader import InstanceSettings, load_instance
@@ -248,6 +249,8 @@ class Registry:
         self, name: str, model_dir: Path, override: pb.ModelConfig | None
     ) -> tuple[pb.ModelConfig, list[int]]:
         message = override if override is not None else cfg.read_config_file(model_dir)
+        for section in check_supported(message):  # refused sections raise ConfigError
+            log.warning("model '%s': config section %s is accepted and ignored", name, section)
         versions = repository.select_versions(repository.version_folders(model_dir), message)
         if not versions:
             raise cfg.ConfigError(f"model '{name}' has no version folder with a model")

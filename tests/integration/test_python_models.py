@@ -222,6 +222,18 @@ def python_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_model(root, name, config, code)
     (root / "engine" / "1").mkdir(parents=True)
     (root / "engine" / "config.pbtxt").write_text('name: "engine"\nplatform: "tensorrt_plan"\n')
+    double = MODELS["double"]
+    sections = {
+        "stateful": "sequence_batching { max_sequence_idle_microseconds: 5000000 }\n",
+        "streaming": "model_transaction_policy { decoupled: true }\n",
+        "accelerated": "optimization { execution_accelerators { gpu_execution_accelerator "
+        '[ { name: "tensorrt" } ] } }\n',
+        "warmed": 'model_warmup [ { name: "zeros" batch_size: 1 } ]\n',
+    }
+    for name, section in sections.items():
+        assert double[0] is not None
+        config = double[0].replace("dynamic_batching { }", "") + section
+        write_model(root, name, config, double[1])
     return root
 
 
@@ -334,6 +346,9 @@ def test_a_model_that_cannot_load_is_unavailable_with_its_reason(
         "broken_import": "ModuleNotFoundError: No module named 'not_a_module_of_anyone'",
         "undeclared": "declares no inputs or outputs",
         "engine": "platform 'tensorrt_plan' is not supported",
+        "stateful": "does not implement: sequence_batching",
+        "streaming": "does not implement: model_transaction_policy.decoupled",
+        "accelerated": "does not implement: optimization.execution_accelerators (tensorrt)",
     }
     for name, reason in reasons.items():
         assert rows[name]["state"] == "UNAVAILABLE", rows[name]
@@ -344,8 +359,8 @@ def test_a_model_that_cannot_load_is_unavailable_with_its_reason(
 
 def test_no_worker_outlives_a_failed_load(python_server: ServerProcess) -> None:
     """broken_load's other instance was started too: it must be gone, as must the first."""
-    # double, pids: 2 each; declared, upper, explode, crash and the four triton_*: 1 each
-    assert len(worker_pids(python_server.process.pid)) == 12
+    # double, pids, warmed: 2 each; declared, upper, explode, crash and the triton_*: 1 each
+    assert len(worker_pids(python_server.process.pid)) == 14
 
 
 def test_sigterm_unloads_the_model_and_stops_its_workers(tmp_path: Path) -> None:
@@ -491,3 +506,14 @@ def test_a_failed_execute_fails_its_requests_with_tritons_message(
     )
     assert says in message
     assert pyclient.is_model_ready(model)
+
+
+def test_a_section_safe_to_ignore_is_accepted_with_a_warning(
+    pyclient: Any, protocol: str, python_server: ServerProcess
+) -> None:
+    x = np.ones((1, 4), np.float32)
+    result = pyclient.infer("warmed", [infer_input(protocol, "x", x)])
+    np.testing.assert_array_equal(result.as_numpy("y"), x * 2)
+    warnings = [line for line in python_server.log if "'warmed': config section" in line]
+    assert len(warnings) == 1
+    assert "model_warmup" in warnings[0]
