@@ -3,8 +3,9 @@
 It imports the version's model.py, tells the server what the model declares, loads it with
 the completed config, then runs batches until told to stop or until the server goes away.
 Batches arrive and leave through shared buffers (runtime/shared_buffer.py); the connection
-carries only where each tensor lies. It imports numpy and the standard library only, so a
-worker starts in a fraction of a second and holds none of the server's memory.
+carries only where each tensor lies. Beyond numpy and the standard library it imports only
+its own helpers (shared buffers, the Triton interface), not the server, so a worker starts
+in a fraction of a second and holds none of the server's memory.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 model.py defines `class Model` with `predict(self, inputs) -> outputs` on whole batches (dicts
 of numpy arrays, rows on axis 0) and optionally `load(self, context)`, `unload(self)` and the
 `inputs` / `outputs` it takes and gives, as (name, datatype, dims) without the batch dimension,
-which complete a missing config. Each instance (instance_group count) is one worker process
+which complete a missing config; or Triton's `class TritonPythonModel`
+(runtime/triton_model.py). Each instance (instance_group count) is one worker process
 (runtime/worker.py): model code never blocks the event loop, N instances use N cores, and a
 crash costs only the batch that worker held: it fails with an error naming the model, and the
 worker is started again. Tensors cross through shared buffers (runtime/shared_buffer.py).
@@ -265,7 +266,8 @@ def _configured(tensors_: Any) -> list[tuple[str, str, list[int]]]:
 class PythonBackend:
     """A Python model's instances, one worker process each, taken in turn by the batches."""
 
-    # A batch waits on its worker's answer: it must never wait on the event loop.
+    # The batcher awaits run_async on the loop; the blocking `run` (the warm-up) must never
+    # be run there.
     thread_bound = True
 
     def __init__(self, model_dir: Path, version: int, message: pb.ModelConfig) -> None:
