@@ -1,7 +1,7 @@
 """The datatype table (protocol name, numpy, model config, ONNX) and tensor (de)serialisation.
 
-Both protocol adapters decode and encode tensors here, so HTTP and gRPC cannot disagree.
-Numeric tensors never go through per-element Python; only BYTES does, in tight loops.
+Both protocol adapters decode and encode tensors here, so HTTP and gRPC cannot disagree;
+numeric tensors never go through per-element Python, only BYTES does, in tight loops.
 """
 
 from __future__ import annotations
@@ -396,6 +396,4 @@ def to_json(arr: np.ndarray, datatype: str, *, name: str = "") -> list[Any]:
 
 
 def _text(item: object) -> str:
-    if isinstance(item, bytes):
-        return item.decode()
-    return item if isinstance(item, str) else str(item)
+    return item.decode() if isinstance(item, bytes) else str(item)  # str(a str) is itself

@@ -19,9 +19,8 @@ from runtime.config.model import (
     complete,
     parse_config_json,
     read_config_file,
-    render,
-    to_json,
 )
+from runtime.config.render import render, to_json
 from runtime.config.server import DEFAULT_MAX_INPUT_SIZE, ServerConfig
 from runtime.types import TensorSpec
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from google.protobuf import json_format, text_format
 
@@ -370,58 +370,3 @@ def _batching(message: pb.ModelConfig) -> BatchingConfig:
         default_policy=default_policy,
         priority_policies={k: _queue_policy(v) for k, v in db.priority_queue_policy.items()},
     )
-
-
-# 64-bit fields protobuf's JSON printer writes as strings; Triton rewrites them as numbers.
-_INT64_KEYS = frozenset(
-    {
-        "dims",
-        "shape",
-        "versions",
-        "max_queue_delay_microseconds",
-        "priority_levels",
-        "default_priority_level",
-        "default_timeout_microseconds",
-        "max_sequence_idle_microseconds",
-        "max_queue_size",
-        "preferred_batch_size",
-        "batch_size",
-    }
-)
-
-
-def _numbers(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: _numbers(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_numbers(v, key) for v in value]
-    if key in _INT64_KEYS and isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)
-    return value
-
-
-def to_json(message: pb.ModelConfig) -> dict[str, Any]:
-    """The config as Triton's HTTP API shows it: snake_case, defaults printed, int64 as numbers."""
-    raw = json_format.MessageToDict(
-        message,
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-    )
-    result: dict[str, Any] = _numbers(raw)
-    return result
-
-
-def render(config: ModelConfig) -> pb.ModelConfig:
-    """The config as the config endpoints answer it: the message it was built from, with each
-    tensor as clients see it (a pipeline's steps may change what they send and get), so that
-    the config and metadata endpoints agree (tools read either)."""
-    message = pb.ModelConfig()
-    message.CopyFrom(config.source)
-    for entries, specs in ((message.input, config.inputs), (message.output, config.outputs)):
-        by_name = {s.name: s for s in specs}
-        for entry in entries:
-            spec = by_name.get(entry.name)
-            if spec is not None:
-                entry.data_type = pb.DataType.Value(tensors.config_type(spec.datatype))
-                entry.dims[:] = list(spec.dims)
-    return message
