@@ -31,6 +31,7 @@ import numpy as np
 import uvloop
 from rich.console import Console
 from rich.table import Table
+from serverproc import workers_cpu_s
 
 from runtime.dataplane import DataPlane
 from runtime.examples import build_example_repository
@@ -60,22 +61,6 @@ def repository() -> Path:
     return root
 
 
-def workers_cpu_s() -> float:
-    """CPU seconds used so far by this process's worker processes (read from /proc)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == os.getpid() and b"runtime.worker" in command:
-            total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 async def rounds(
     call: Callable[[], Awaitable[Any]], calls: int, n: int
 ) -> tuple[list[float], float, float]:
@@ -84,14 +69,14 @@ async def rounds(
     for _ in range(calls // 4):
         await call()
     out = []
-    cpu0, workers0 = time.process_time(), workers_cpu_s()
+    cpu0, workers0 = time.process_time(), workers_cpu_s(os.getpid())
     for _ in range(n):
         start = time.perf_counter()
         for _ in range(calls):
             await call()
         out.append((time.perf_counter() - start) / calls * 1e6)
     cpu = (time.process_time() - cpu0) / (calls * n) * 1e6
-    return out, cpu, (workers_cpu_s() - workers0) / (calls * n) * 1e6
+    return out, cpu, (workers_cpu_s(os.getpid()) - workers0) / (calls * n) * 1e6
 
 
 async def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from serverproc import ServerProcess
+from serverproc import ServerProcess, workers_cpu_s
 
 from runtime.loadtest.client import grpc_request_bytes, http_request_bytes, run_grpc, run_http
 
@@ -69,21 +69,6 @@ def repository() -> Path:
         (root / name / "config.pbtxt").write_text(config)
         (root / name / "1" / "model.py").write_text(code)
     return root
-
-
-def workers_cpu_s(server_pid: int) -> float:
-    """CPU seconds used so far by the server's worker processes (from /proc)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat[1]) == server_pid:
-            total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 async def step(

@@ -140,3 +140,20 @@ def median_us(fn: Callable[[], Any], budget_s: float, warmup: int = 1, most: int
         fn()
         samples.append((time.perf_counter_ns() - start) / 1e3)
     return statistics.median(samples)
+
+
+def workers_cpu_s(parent_pid: int) -> float:
+    """CPU seconds used so far by the worker processes (runtime.worker) of `parent_pid`,
+    read from /proc: a Python model's instances run there, not in the server's process."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # gone while we looked
+            continue
+        if int(stat[1]) == parent_pid and b"runtime.worker" in command:
+            total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return total
