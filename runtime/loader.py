@@ -49,6 +49,9 @@ class InstanceSettings:
     drift_defaults: Mapping[str, Any] = field(default_factory=dict)
     # Subscribed after the statistics and the load window, in this order (the metrics).
     monitors: Sequence[MonitorFactory] = ()
+    # The served model of (name, version) ("" for the latest), raising NotFound: how a
+    # model's code calls another model in the same server (the registry's `get`).
+    models: Callable[[str, str], Any] | None = None
 
 
 def load_instance(
@@ -59,6 +62,9 @@ def load_instance(
     runtime = registration(message, model_dir / str(version))
     message = runtime.named(message)
     backend = runtime.open(model_dir, version, message, settings.device)
+    bind = getattr(backend, "bind_models", None)
+    if bind is not None and settings.models is not None:
+        bind(settings.models)
     on_gpu = isinstance(backend, OnnxBackend) and backend.on_gpu
     if on_gpu:
         message = _pin_to_gpu(message)

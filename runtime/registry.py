@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runtime import config as cfg
@@ -117,7 +117,8 @@ class Registry:
 
     def __init__(self, roots: Sequence[Path], settings: InstanceSettings | None = None) -> None:
         self.roots = list(roots)
-        self.settings = settings or InstanceSettings()
+        # Models calling other models (Python models' BLS) look them up here.
+        self.settings = replace(settings or InstanceSettings(), models=self.get)
         self._models: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
