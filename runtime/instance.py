@@ -110,6 +110,10 @@ class ModelInstance:
         self.events.request_done(time.monotonic_ns() - start, error, request.protocol)
         raise error
 
+    def start(self) -> None:
+        """Begin taking batches (the registry calls it as it swaps the version in)."""
+        self.batcher.start()
+
     async def close(self) -> None:
         """Drain (queued and running requests finish), then close the backend."""
         await self.batcher.stop(drain=True)

@@ -207,7 +207,7 @@ class Registry:
             model_dir = self.find_model_dir(name)
             swap = await asyncio.to_thread(self._rebuild, name, old, model_dir, override)
             for version in swap.fresh:
-                version.batcher.start()
+                version.start()
             self._models[name] = swap.entry  # the swap: requests from here on see the new set
             _log_swap(swap, old, started_ns)
             await self._retire(name, swap.retired)
