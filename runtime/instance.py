@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime import classification
 from runtime.batching.batcher import DynamicBatcher
-from runtime.config import ModelConfig
+from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import ServingError, Unsupported
 from runtime.events import Events
 from runtime.monitoring.autoscale import LoadWindow
@@ -92,7 +92,7 @@ class ModelInstance:
         try:
             self._validator.check(request)
             outputs = await self.batcher.submit(request)
-            response = self._response(request, outputs)
+            response = respond(self._validator, self.version, request, outputs)
             if self.batcher.slo is not None:
                 # The whole stay in the server, front end included, is what the target bounds.
                 self.batcher.slo.observe_request(time.monotonic_ns() - start)
@@ -119,30 +119,37 @@ class ModelInstance:
         await self.batcher.stop(drain=True)
         self.pipeline.backend.close()
 
-    def _response(
-        self, request: InferenceRequest, outputs: dict[str, np.ndarray]
-    ) -> InferenceResponse:
-        specs = self._validator.outputs
-        result: list[OutputTensor] = []
-        if request.outputs is None:
-            for name in self._validator.output_names:
-                result.append(OutputTensor(name, specs[name].datatype, outputs[name]))
-        else:
-            for out in request.outputs:
-                spec = specs[out.name]
-                data = outputs[out.name]
-                if out.class_count > 0:
-                    data = self._classify(out.name, data, out.class_count)
-                    result.append(OutputTensor(out.name, "BYTES", data))
-                else:
-                    result.append(OutputTensor(out.name, spec.datatype, data))
-        return InferenceResponse(self.name, self.version, request.id, result)
 
-    def _classify(self, name: str, data: np.ndarray, class_count: int) -> np.ndarray:
-        labels = self._validator.outputs[name].labels
-        try:
-            return classification.classify(data, class_count, labels, self.config.batched)
-        except ServingError:
-            raise
-        except Exception as exc:  # e.g. a BYTES output cannot be ranked
-            raise Unsupported(f"cannot classify output '{name}': {exc}") from exc
+def respond(
+    validator: RequestValidator,
+    version: str,
+    request: InferenceRequest,
+    outputs: dict[str, np.ndarray],
+) -> InferenceResponse:
+    """The response to one checked request from its outputs: the outputs it asked for (all
+    when it named none), in its order, ranked where it asked for classification."""
+    specs = validator.outputs
+    config = validator.config
+    result: list[OutputTensor] = []
+    if request.outputs is None:
+        for name in validator.output_names:
+            result.append(OutputTensor(name, specs[name].datatype, outputs[name]))
+    else:
+        for out in request.outputs:
+            spec = specs[out.name]
+            data = outputs[out.name]
+            if out.class_count > 0:
+                data = _classify(spec, config, data, out.class_count)
+                result.append(OutputTensor(out.name, "BYTES", data))
+            else:
+                result.append(OutputTensor(out.name, spec.datatype, data))
+    return InferenceResponse(config.name, version, request.id, result)
+
+
+def _classify(spec: TensorSpec, config: ModelConfig, data: np.ndarray, count: int) -> np.ndarray:
+    try:
+        return classification.classify(data, count, spec.labels, config.batched)
+    except ServingError:
+        raise
+    except Exception as exc:  # e.g. a BYTES output cannot be ranked
+        raise Unsupported(f"cannot classify output '{spec.name}': {exc}") from exc
