@@ -102,10 +102,7 @@ def _instance(
     settings: InstanceSettings,
 ) -> ModelInstance:
     """Wire the batcher and the monitors to one version's events."""
-    statistics = ModelStatistics(config.name, str(version))
-    load = LoadWindow(config.instance_count, settings.autoscale)
-    subscribers: list[Subscriber] = [statistics, load]
-    subscribers += [monitor_for(config.name, str(version)) for monitor_for in settings.monitors]
+    statistics, load, subscribers = watchers(config, version, settings)
     if monitor is not None:
         subscribers.append(DriftTap(monitor))
     events = Events(subscribers)
@@ -117,6 +114,18 @@ def _instance(
         inline=not pipeline.backend.thread_bound,
     )
     return ModelInstance(config, version, pipeline, batcher, events, statistics, load, monitor)
+
+
+def watchers(
+    config: ModelConfig, version: int, settings: InstanceSettings
+) -> tuple[ModelStatistics, LoadWindow, list[Subscriber]]:
+    """What every served version's events go to: its statistics, its load window and the
+    server's monitors (the metrics), in this order."""
+    statistics = ModelStatistics(config.name, str(version))
+    load = LoadWindow(config.instance_count, settings.autoscale)
+    subscribers: list[Subscriber] = [statistics, load]
+    subscribers += [monitor_for(config.name, str(version)) for monitor_for in settings.monitors]
+    return statistics, load, subscribers
 
 
 class DriftTap(Subscriber):
