@@ -16,6 +16,7 @@ from pathlib import Path
 from runtime import config as cfg
 from runtime import reload_plan, repository, snapshot
 from runtime.config.support import check_supported
+from runtime.ensemble import EnsembleInstance, find_cycle, is_ensemble, load_ensemble, members
 from runtime.errors import InvalidInput, NotFound, Unavailable
 from runtime.instance import ModelInstance
 from runtime.loader import InstanceSettings, load_instance
@@ -23,6 +24,9 @@ from runtime.proto import model_config_pb2 as pb
 from runtime.snapshot import Snapshot, Source
 
 log = logging.getLogger(__name__)
+
+# A served version: a model run by a backend, or an ensemble of served models.
+Served = ModelInstance | EnsembleInstance
 
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
@@ -35,7 +39,7 @@ class ModelEntry:
     """Everything known about one model name: servable versions and per-version states."""
 
     name: str
-    versions: dict[int, ModelInstance] = field(default_factory=dict)
+    versions: dict[int, Served] = field(default_factory=dict)
     states: dict[int, tuple[str, str]] = field(default_factory=dict)
     model_state: tuple[str, str] | None = None
     # What each servable version was built from, so a reload can reuse the unchanged ones.
@@ -45,7 +49,7 @@ class ModelEntry:
     # What failed in the last load (a servable version may still be the previous files).
     errors: list[str] = field(default_factory=list)
 
-    def latest(self) -> ModelInstance | None:
+    def latest(self) -> Served | None:
         for v in sorted(self.versions, reverse=True):
             if self.versions[v].ready:
                 return self.versions[v]
@@ -57,8 +61,8 @@ class _Swap:
     """A rebuilt entry, the versions built for it, and the served versions it leaves out."""
 
     entry: ModelEntry
-    fresh: list[ModelInstance]
-    retired: list[ModelInstance]
+    fresh: list[Served]
+    retired: list[Served]
 
 
 def _keep_old(name: str, old: ModelEntry | None, now: Snapshot | None, reason: str) -> _Swap:
@@ -122,7 +126,7 @@ class Registry:
         self._models: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def get(self, name: str, version: str = "") -> ModelInstance:
+    def get(self, name: str, version: str = "") -> Served:
         """The requested version, or the highest ready one; NotFound names what is missing."""
         entry = self._models.get(name)
         if entry is None or not entry.versions:
@@ -139,7 +143,7 @@ class Registry:
             raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
         return model
 
-    def models(self) -> Iterable[ModelInstance]:
+    def models(self) -> Iterable[Served]:
         for entry in self._models.values():
             yield from entry.versions.values()
 
@@ -194,12 +198,16 @@ class Registry:
         """Models loaded from the repository (ready or not) and not unloaded since."""
         return [n for n, e in self._models.items() if e.seen is not None or e.versions]
 
-    async def load(self, name: str, override: pb.ModelConfig | None = None) -> ModelEntry:
+    async def load(
+        self, name: str, override: pb.ModelConfig | None = None, _chain: tuple[str, ...] = ()
+    ) -> ModelEntry:
         """(Re)load a model: build only new and changed versions, swap, drain what left.
 
         Failures are recorded in the entry (and its `errors`), never raised; a version that
-        fails to load never takes a serving one down.
+        fails to load never takes a serving one down. An ensemble's steps' models are loaded
+        first, where they are not loaded yet (`_chain`: the ensembles waiting on this one).
         """
+        await self._members_first(name, override, (*_chain, name))
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             started_ns = time.perf_counter_ns()
@@ -212,6 +220,45 @@ class Registry:
             _log_swap(swap, old, started_ns)
             await self._retire(name, swap.retired)
             return swap.entry
+
+    async def _members_first(
+        self, name: str, override: pb.ModelConfig | None, chain: tuple[str, ...]
+    ) -> None:
+        """Load the models an ensemble calls that are not loaded yet, or wait for their load
+        under way; a cycle of ensembles is left to the ensemble's own load to report."""
+        message = override if override is not None else self._config_on_disk(name)
+        for member in dict.fromkeys(members(message) if message is not None else []):
+            if member in chain or self.find_model_dir(member) is None:
+                continue
+            lock = self._locks.get(member)
+            if lock is not None and lock.locked():
+                async with lock:  # its load under way: wait for it to end
+                    pass
+            entry = self._models.get(member)
+            if entry is None or (not entry.versions and entry.seen is None):
+                await self.load(member, _chain=chain)
+
+    def _config_on_disk(self, name: str) -> pb.ModelConfig | None:
+        """A model's config.pbtxt, None where it has none or it does not parse (its load
+        reports why)."""
+        model_dir = self.find_model_dir(name)
+        if model_dir is None:
+            return None
+        try:
+            return cfg.read_config_file(model_dir)
+        except (cfg.ConfigError, OSError):
+            return None
+
+    def _ensemble_cycle(self, name: str, message: pb.ModelConfig) -> None:
+        """ConfigError when the ensemble calls itself through other ensembles."""
+
+        def members_of(model: str) -> list[str]:
+            found = message if model == name else self._config_on_disk(model)
+            return members(found) if found is not None else []
+
+        cycle = find_cycle(name, members_of)
+        if cycle is not None:
+            raise cfg.ConfigError(f"circular dependency between ensembles: {' -> '.join(cycle)}")
 
     def _rebuild(
         self,
@@ -250,8 +297,10 @@ class Registry:
         self, name: str, model_dir: Path, override: pb.ModelConfig | None
     ) -> tuple[pb.ModelConfig, list[int]]:
         message = override if override is not None else cfg.read_config_file(model_dir)
-        for section in check_supported(message):  # refused sections raise ConfigError
+        for section in check_supported(message, name):  # refused sections raise ConfigError
             log.warning("model '%s': config section %s is accepted and ignored", name, section)
+        if is_ensemble(message):
+            self._ensemble_cycle(name, message)
         versions = repository.select_versions(repository.version_folders(model_dir), message)
         if not versions:
             raise cfg.ConfigError(f"model '{name}' has no version folder with a model")
@@ -259,13 +308,14 @@ class Registry:
 
     def _load_each(
         self, name: str, model_dir: Path, message: pb.ModelConfig, versions: Iterable[int]
-    ) -> tuple[dict[int, ModelInstance], dict[int, str]]:
+    ) -> tuple[dict[int, Served], dict[int, str]]:
         """Load and warm each version; (servable versions, reasons of those that failed)."""
-        fresh: dict[int, ModelInstance] = {}
+        fresh: dict[int, Served] = {}
         failed: dict[int, str] = {}
+        load = load_ensemble if is_ensemble(message) else load_instance
         for version in versions:
             try:
-                fresh[version] = load_instance(model_dir, version, message, self.settings)
+                fresh[version] = load(model_dir, version, message, self.settings)
             except Exception as exc:
                 failed[version] = str(exc)
                 log.error("model '%s' version %d is unavailable: %s", name, version, exc)
@@ -285,7 +335,7 @@ class Registry:
             self._models[name] = empty
             await self._retire(name, list(entry.versions.values()))
 
-    async def _retire(self, name: str, versions: Sequence[ModelInstance]) -> None:
+    async def _retire(self, name: str, versions: Sequence[Served]) -> None:
         """Drain (queued and running requests finish), then close; the caller swapped them out."""
         if not versions:
             return

@@ -20,13 +20,12 @@ from starlette.types import ASGIApp
 
 from runtime.config import ServerConfig as ServerConfig  # re-exported: Server's own config
 from runtime.dataplane import DataPlane
-from runtime.instance import ModelInstance
 from runtime.loader import InstanceSettings
 from runtime.monitoring.metrics import Metrics
 from runtime.poller import RepositoryPoller
 from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
 from runtime.protocol.http.app import create_app, create_metrics_app
-from runtime.registry import Registry
+from runtime.registry import Registry, Served
 
 log = logging.getLogger("runtime.server")
 
@@ -97,7 +96,7 @@ class Server:
         self.dataplane.ready = True
         log.info("server is ready")
 
-    def _served(self) -> Iterator[ModelInstance]:
+    def _served(self) -> Iterator[Served]:
         """The versions being served now (what a metrics scrape reads)."""
         return iter(list(self.registry.models()))
 

@@ -17,8 +17,6 @@ def _refused(message: pb.ModelConfig) -> list[str]:
     found = []
     if message.HasField("sequence_batching"):
         found.append("sequence_batching (stateful sequences)")
-    if message.HasField("ensemble_scheduling"):
-        found.append("ensemble_scheduling")
     accelerators = message.optimization.execution_accelerators
     if accelerators.gpu_execution_accelerator or accelerators.cpu_execution_accelerator:
         names = [a.name for a in accelerators.gpu_execution_accelerator]
@@ -79,8 +77,13 @@ def _ignored(message: pb.ModelConfig) -> list[str]:
     return found
 
 
-def check_supported(message: pb.ModelConfig) -> list[str]:
+def check_supported(message: pb.ModelConfig, name: str = "") -> list[str]:
     """Raise ConfigError naming the sections Conveyor would not honour; the ignored ones."""
+    if message.HasField("ensemble_scheduling") and message.platform != "ensemble":
+        raise ConfigError(
+            f"ensemble scheduling cannot be set for model '{message.name or name}' whose "
+            "platform is not ensemble"
+        )
     refused = _refused(message)
     if refused:
         raise ConfigError(
