@@ -23,6 +23,7 @@ from runtime.backends.base import Backend
 from runtime.backends.onnx import OnnxBackend
 from runtime.batching.batcher import DynamicBatcher
 from runtime.config import ConfigError, ModelConfig, TensorSpec
+from runtime.config.support import check_supported
 from runtime.events import Events, Subscriber
 from runtime.instance import ModelInstance
 from runtime.monitoring import drift
@@ -65,6 +66,16 @@ def load_instance(
     bind = getattr(backend, "bind_models", None)
     if bind is not None and settings.models is not None:
         bind(settings.models)
+    # A model that completes its own config (Triton's auto_complete_config) is held to it.
+    own = getattr(backend, "model_config", None)
+    if own is not None:
+        message = own
+        try:
+            for section in check_supported(message, model_dir.name):
+                log.warning("model '%s': config section %s is ignored", model_dir.name, section)
+        except BaseException:
+            backend.close()
+            raise
     on_gpu = isinstance(backend, OnnxBackend) and backend.on_gpu
     if on_gpu:
         message = _pin_to_gpu(message)

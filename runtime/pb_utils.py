@@ -3,12 +3,14 @@
 Written from the backend's documented interface, so that a `model.py` defining
 `TritonPythonModel` and doing `import triton_python_backend_utils as pb_utils` runs in a
 Conveyor worker unchanged (runtime/worker.py installs this module under that name).
-Tensors are numpy arrays; BYTES tensors are object arrays of `bytes`. Calling other models
-from `execute` (BLS) and decoupled responses are not served yet.
+Tensors are numpy arrays; BYTES tensors are object arrays of `bytes`. `exec` and
+`async_exec` call any model the server serves, with no network hop (runtime/model_calls.py);
+decoupled responses are not served.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -104,7 +106,7 @@ class Tensor:
 
 
 class InferenceRequest:
-    """A request as `execute` receives it."""
+    """A request as `execute` receives it, or one that model code builds to call a model."""
 
     def __init__(
         self,
@@ -112,12 +114,22 @@ class InferenceRequest:
         request_id: str = "",
         requested_output_names: Sequence[str] = (),
         parameters: Mapping[str, Any] | None = None,
+        model_name: str = "",
+        model_version: int = -1,
+        correlation_id: int | str = 0,
+        flags: int = 0,
+        timeout: int = 0,
         **_: Any,
     ) -> None:
         self._inputs = list(inputs)
         self._id = request_id
         self._outputs = list(requested_output_names)
         self._parameters = dict(parameters or {})
+        self._model_name = model_name
+        self._model_version = model_version
+        self._correlation_id = correlation_id
+        self._flags = flags
+        self._timeout = timeout
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -125,14 +137,14 @@ class InferenceRequest:
     def request_id(self) -> str:
         return self._id
 
-    def correlation_id(self) -> int:
-        return 0
+    def correlation_id(self) -> int | str:
+        return self._correlation_id
 
     def flags(self) -> int:
-        return 0
+        return self._flags
 
     def timeout(self) -> int:
-        return 0
+        return self._timeout
 
     def parameters(self) -> str:
         return json.dumps(self._parameters)
@@ -143,13 +155,30 @@ class InferenceRequest:
     def is_cancelled(self) -> bool:
         return False
 
-    def exec(self, *_: Any, **__: Any) -> InferenceResponse:
-        raise TritonModelException(
-            "calling other models from execute (BLS) is not supported by this server yet"
+    def exec(self, decoupled: bool = False) -> InferenceResponse:
+        """Run `model_name` in this server; its errors come back in the response."""
+        if decoupled:
+            raise TritonModelException("decoupled calls to other models are not supported")
+        if _calls is None or not _calls.open:
+            raise TritonModelException("BLS is only supported during the 'execute' function.")
+        if not self._model_name:
+            raise TritonModelException("an InferenceRequest to execute needs a model_name")
+        version = "" if self._model_version < 0 else str(self._model_version)
+        outcome = _calls.call(
+            self._model_name,
+            version,
+            {t.name(): t.as_numpy() for t in self._inputs},
+            self._outputs,
+            self._id,
+            self._timeout,
         )
+        if isinstance(outcome, tuple):
+            return InferenceResponse(error=TritonError(outcome[1], outcome[0]))
+        return InferenceResponse([Tensor(name, array) for name, array in outcome.items()])
 
-    async def async_exec(self, *args: Any, **kwargs: Any) -> InferenceResponse:
-        return self.exec(*args, **kwargs)
+    async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
+        """`exec` on a thread, so that an `async def execute` can await several at once."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.exec, decoupled)
 
 
 class InferenceResponse:
@@ -178,6 +207,71 @@ class InferenceResponse:
         return json.dumps(self._parameters)
 
 
+class ModelConfig:
+    """The config a model's `auto_complete_config` completes: Triton's JSON form of it, with
+    the checks Triton makes before it takes what the model adds."""
+
+    def __init__(self, model_config: Mapping[str, Any] | str) -> None:
+        given = json.loads(model_config) if isinstance(model_config, str) else model_config
+        self._config: dict[str, Any] = dict(given)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._config
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        current = int(self._config.get("max_batch_size", 0))
+        if current > max_batch_size:
+            raise ValueError(
+                f"configuration specified max_batch_size {current}, but "
+                f"auto_complete_config of model '{self._config.get('name', '')}' specified "
+                f"max_batch_size {max_batch_size}"
+            )
+        self._config["max_batch_size"] = int(max_batch_size)
+
+    def set_dynamic_batching(self) -> None:
+        for other in ("sequence_batching", "ensemble_scheduling"):
+            if other in self._config:
+                raise ValueError(
+                    f"cannot set dynamic_batching for model '{self._config.get('name', '')}': "
+                    f"{other} is already its scheduler"
+                )
+        self._config.setdefault("dynamic_batching", {})
+
+    def set_model_transaction_policy(self, policy: Mapping[str, Any]) -> None:
+        self._config["model_transaction_policy"] = dict(policy)
+
+    def add_input(self, input: Mapping[str, Any]) -> None:
+        self._add("input", input, ("name", "data_type", "dims", "optional"))
+
+    def add_output(self, output: Mapping[str, Any]) -> None:
+        self._add("output", output, ("name", "data_type", "dims"))
+
+    def _add(self, kind: str, entry: Mapping[str, Any], allowed: Sequence[str]) -> None:
+        """A new tensor, or the config's own entry of that name with what it left empty."""
+        unknown = sorted(set(entry) - set(allowed))
+        missing = [k for k in ("name", "data_type", "dims") if k not in entry]
+        if unknown or missing:
+            raise ValueError(
+                f"model {kind} {dict(entry)} must have exactly the keys name, data_type and "
+                f"dims{' (and optional)' if 'optional' in allowed else ''}: "
+                + (f"unknown {unknown}" if unknown else f"missing {missing}")
+            )
+        entries: list[dict[str, Any]] = self._config.setdefault(kind, [])
+        existing = next((e for e in entries if e.get("name") == entry["name"]), None)
+        if existing is None:
+            entries.append(dict(entry))
+            return
+        for key, value in entry.items():
+            have = existing.get(key)
+            if have in (None, "", "TYPE_INVALID", [], False) or have == value:
+                existing[key] = value
+                continue
+            raise ValueError(
+                f"model {kind} '{entry['name']}': auto_complete_config gives {key} {value!r}, "
+                f"but the configuration says {have!r}"
+            )
+
+
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
     return next((t for t in request.inputs() if t.name() == name), None)
 
@@ -192,6 +286,16 @@ def get_input_config_by_name(model_config: Mapping[str, Any], name: str) -> Any:
 
 def get_output_config_by_name(model_config: Mapping[str, Any], name: str) -> Any:
     return next((t for t in model_config.get("output", []) if t.get("name") == name), None)
+
+
+# The worker's ModelCalls (runtime/model_calls.py), which `exec` goes through.
+_calls: Any = None
+
+
+def bind_calls(calls: Any) -> None:
+    """Where `InferenceRequest.exec` sends its calls: the worker's connection."""
+    global _calls
+    _calls = calls
 
 
 _log = logging.getLogger("model")

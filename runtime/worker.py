@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime import triton_model
+from runtime import pb_utils, triton_model
+from runtime.model_calls import ModelCalls
 from runtime.shared_buffer import SharedBuffer, size_for, split_objects
 
 MODEL_CLASS = "Model"
@@ -79,6 +80,9 @@ class Worker:
         self.input: SharedBuffer | None = None
         self.output: SharedBuffer | None = None
         self.dtypes: dict[str, np.dtype] = {}
+        # Model code's calls to other models (BLS), open while a batch runs.
+        self.calls = ModelCalls(conn)
+        pb_utils.bind_calls(self.calls)
 
     def start(self) -> bool:
         """Import, declare, load; False (the server told why) when the model cannot serve."""
@@ -96,8 +100,13 @@ class Worker:
         except BaseException as exc:
             self.conn.send(("failed", last_line(exc)))
             return False
-        if triton:  # Triton's models declare their tensors in config.pbtxt
-            self.conn.send(("declared", [], []))
+        if triton:  # Triton's models declare their tensors in config.pbtxt, or complete it
+            try:
+                completed = _auto_completed(module, hello.get("config"))
+            except BaseException as exc:
+                self.conn.send(("failed", f"auto_complete_config: {last_line(exc)}"))
+                return False
+            self.conn.send(("declared", [], [], completed))
         else:
             assert isinstance(model_class, type)
             self.conn.send(
@@ -144,6 +153,7 @@ class Worker:
             inputs = {**self._attach_input(buffer).read(placed), **objects}
             for array in inputs.values():
                 array.flags.writeable = False  # the server's buffer, not the model's scratch
+            self.calls.open = True
             if self.triton is not None:
                 outputs, errors = _flattened(self.triton.run(inputs, names, rows, self.dtypes))
             else:
@@ -151,6 +161,8 @@ class Worker:
         except BaseException as exc:
             message = str(exc) if self.triton is not None else f"{type(exc).__name__}: {exc}"
             return ("error", message)
+        finally:
+            self.calls.open = False
         numeric, objects_out = split_objects(outputs)
         need = size_for(numeric)
         if self.output is None or self.output.size < need:
@@ -193,6 +205,19 @@ class Worker:
                 unload()
             except Exception:
                 traceback.print_exc()
+
+
+def _auto_completed(module: ModuleType, config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The config as a TritonPythonModel's `auto_complete_config` completes it, once, in the
+    first instance's worker; None when the model has no such method."""
+    complete = getattr(getattr(module, triton_model.TRITON_CLASS), "auto_complete_config", None)
+    if complete is None or config is None:
+        return None
+    given = pb_utils.ModelConfig(config)
+    answer = complete(given)
+    if not isinstance(answer, pb_utils.ModelConfig):
+        raise TypeError(f"it must return the ModelConfig it was given, not {type(answer).__name__}")
+    return answer.as_dict()
 
 
 def _flattened(

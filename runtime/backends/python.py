@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
 from runtime import config as cfg
 from runtime import tensors
-from runtime.backends.worker_process import Outputs, WorkerDied, WorkerFailed, WorkerProcess
+from runtime.backends.worker_process import (
+    Models,
+    Outputs,
+    WorkerDied,
+    WorkerFailed,
+    WorkerProcess,
+)
 from runtime.config import ConfigError, GraphTensor
 from runtime.errors import (
     InternalError,
@@ -56,6 +63,18 @@ def _configured(tensors_: Any) -> list[tuple[str, str, list[int]]]:
     ]
 
 
+def _parsed(name: str, completed: Mapping[str, Any]) -> pb.ModelConfig:
+    """The config a model's auto_complete_config returned, as the message it stands for."""
+    try:
+        message = pb.ModelConfig()
+        json_format.ParseDict(completed, message)
+        return message
+    except json_format.ParseError as exc:
+        raise ConfigError(
+            f"model '{name}': auto_complete_config returned a bad config: {exc}"
+        ) from None
+
+
 class PythonBackend:
     """A Python model's instances, one worker process each, taken in turn by the batches."""
 
@@ -74,13 +93,24 @@ class PythonBackend:
         self._idle: queue.Queue[WorkerProcess] = queue.Queue()
         self._load: dict[str, Any] = {}
         self._closed = False
+        self._models: Models | None = None
         first = WorkerProcess(self.name, 0)
         try:
-            inputs, outputs = first.start(self.path, {})
+            given = pb.ModelConfig()
+            given.CopyFrom(message)
+            given.name = self.name
+            inputs, outputs, completed = first.start(self.path, {"config": cfg.to_json(given)})
+            if completed is not None:
+                message = _parsed(self.name, completed)
         except (WorkerDied, WorkerFailed) as exc:
             first.stop(1.0)
-            raise ConfigError(f"model '{self.name}' cannot be imported: {exc}") from None
+            raise ConfigError(f"model '{self.name}' cannot start: {exc}") from None
+        except ConfigError:
+            first.stop(1.0)
+            raise
         self._first: WorkerProcess | None = first
+        # The config the model completed (Triton's auto_complete_config), else None.
+        self.model_config = message if completed is not None else None
         batched = message.max_batch_size > 0 or len(message.input) == 0
         self._inputs = _graph(_configured(message.input) or inputs, batched)
         self._outputs = _graph(_configured(message.output) or outputs, batched)
@@ -96,6 +126,10 @@ class PythonBackend:
 
     def graph_outputs(self) -> Sequence[GraphTensor]:
         return self._outputs
+
+    def bind_models(self, models: Models) -> None:
+        """The server's models, which the model's code may call (Triton's BLS)."""
+        self._models = models
 
     def prepare(self, completed: pb.ModelConfig) -> None:
         """Load the model in every instance, in parallel, with its completed config."""
@@ -132,6 +166,7 @@ class PythonBackend:
             except (WorkerDied, WorkerFailed):
                 worker.stop(1.0)
                 raise
+        worker.models = self._models
         context = {
             "model_name": self.name,
             "model_version": str(self.version),

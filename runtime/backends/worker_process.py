@@ -8,17 +8,18 @@ both buffers and removes their names once the worker has mapped them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime import pb_utils
+from runtime import pb_utils, tensors
 from runtime.errors import (
     Cancelled,
     InternalError,
@@ -29,9 +30,12 @@ from runtime.errors import (
     Unsupported,
 )
 from runtime.shared_buffer import SharedBuffer, size_for, split_objects
+from runtime.types import InferenceRequest, InputTensor, RequestedOutput
 
 # How long a worker may take to import and load its model before the load fails.
 START_TIMEOUT_S = 120.0
+# The served model of (name, version) ("" for the latest), raising NotFound.
+Models = Callable[[str, str], Any]
 
 
 class WorkerDied(Exception):
@@ -62,6 +66,9 @@ class WorkerProcess:
         # The event loop watching the connection, and the answer it waits for.
         self._reader: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[None] | None = None
+        # The server's models, which the model's code calls (BLS); the calls under way.
+        self.models: Models | None = None
+        self._calls: set[asyncio.Future[None]] = set()
 
     def send(self, message: Any) -> None:
         try:
@@ -84,13 +91,16 @@ class WorkerProcess:
             return "its connection closed"
         return f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
 
-    def start(self, path: Path, hello: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
-        """Import model.py; what its Model declares (inputs, outputs)."""
+    def start(
+        self, path: Path, hello: Mapping[str, Any]
+    ) -> tuple[list[Any], list[Any], dict[str, Any] | None]:
+        """Import model.py; what its Model declares (inputs, outputs), and the config as the
+        model completed it (Triton's auto_complete_config, when `hello` carries the config)."""
         self.send({"path": str(path), "name": self.model, **hello})
         answer = self.receive(START_TIMEOUT_S)
         if answer[0] == "failed":
             raise WorkerFailed(answer[1])
-        return answer[1], answer[2]
+        return answer[1], answer[2], answer[3] if len(answer) > 3 else None
 
     def load(self, load: Mapping[str, Any]) -> None:
         self.send(dict(load))
@@ -101,20 +111,69 @@ class WorkerProcess:
     def run(
         self, inputs: Mapping[str, np.ndarray], names: Sequence[str], rows: Sequence[int]
     ) -> Outputs:
-        """One batch, waiting for the answer on this thread."""
+        """One batch, waiting for the answer on this thread (the warm-up at load, when the
+        models it could call are not yet served to it)."""
         self._request(inputs, names, rows)
-        while (outputs := self._answered(self.receive())) is None:
-            pass
-        return outputs
+        while True:
+            answer = self.receive()
+            if answer[0] == "call":
+                reason = "calls to other models are not served during the warm-up at load"
+                self.send(("answer", answer[1], (pb_utils.TritonError.UNAVAILABLE, reason)))
+            elif (outputs := self._answered(answer)) is not None:
+                return outputs
 
     async def run_async(
         self, inputs: Mapping[str, np.ndarray], names: Sequence[str], rows: Sequence[int]
     ) -> Outputs:
         """One batch, waiting for the answer on the event loop."""
         self._request(inputs, names, rows)
-        while (outputs := self._answered(await self._readable_then_receive())) is None:
-            pass
-        return outputs
+        while True:
+            answer = await self._readable_then_receive()
+            if answer[0] == "call":  # the model calls another model, and waits for it
+                call = asyncio.ensure_future(self._serve_call(*answer[1:]))
+                self._calls.add(call)
+                call.add_done_callback(self._calls.discard)
+            elif (outputs := self._answered(answer)) is not None:
+                return outputs
+
+    async def _serve_call(
+        self,
+        call_id: int,
+        model_name: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        request_id: str,
+        timeout_us: int,
+    ) -> None:
+        """Run one call of the model's code (BLS) through the called model's own batcher,
+        and send its outputs or its error back to the worker."""
+        outcome: dict[str, np.ndarray] | tuple[int, str]
+        try:
+            if model_name == self.model:
+                # Its own batch waits for the call: with every instance busy it never runs.
+                raise InvalidInput(f"model '{self.model}' cannot call itself")
+            if self.models is None:
+                raise Unavailable("this server does not let models call other models")
+            request = InferenceRequest(
+                model_name=model_name,
+                model_version=version,
+                id=request_id,
+                inputs={
+                    name: InputTensor(name, tensors.datatype_of(array.dtype), array)
+                    for name, array in inputs.items()
+                },
+                outputs=[RequestedOutput(name) for name in outputs] or None,
+                timeout_us=timeout_us,
+            )
+            response = await self.models(model_name, version).infer(request)
+            outcome = {out.name: out.data for out in response.outputs}
+        except ServingError as exc:
+            outcome = (_code_of(exc), str(exc))
+        except Exception as exc:
+            outcome = (pb_utils.TritonError.INTERNAL, f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(WorkerDied):  # the worker is gone; its batch fails alone
+            self.send(("answer", call_id, outcome))
 
     async def _readable_then_receive(self) -> Any:
         """The worker's answer, once its end of the connection is readable.
@@ -211,6 +270,14 @@ _ERRORS: dict[int, type[ServingError]] = {
     pb_utils.TritonError.UNSUPPORTED: Unsupported,
     pb_utils.TritonError.CANCELLED: Cancelled,
 }
+
+
+def _code_of(exc: ServingError) -> int:
+    """A server error as the TritonError code model code reads (the other way)."""
+    for code, kind in _ERRORS.items():
+        if isinstance(exc, kind):
+            return code
+    return pb_utils.TritonError.INTERNAL
 
 
 def _each(
