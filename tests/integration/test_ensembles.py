@@ -353,3 +353,21 @@ def test_statistics_count_the_ensemble_and_each_composing_model(
     for member in ("add_sub_fp32", "double", "negate"):
         assert after[member]["success"] - before[member]["success"] == 3, member
         assert after[member]["inference_count"] - before[member]["inference_count"] == 6, member
+
+
+def test_loading_an_ensemble_loads_the_models_it_calls(ensemble_repo: Path, protocol: str) -> None:
+    """In explicit mode, loading `outer` loads `pipe`, and through it every model `pipe`
+    calls; nothing else is loaded."""
+    with running_server(ensemble_repo, "--model-control-mode", "explicit") as srv:
+        c = make_client(protocol, srv)
+        try:
+            assert not c.is_model_ready("outer")
+            c.load_model("outer")
+            for name in ("outer", "pipe", "add_sub_fp32", "double", "negate"):
+                assert c.is_model_ready(name), name
+            assert not c.is_model_ready("picky")
+            a, b = operands(rows=1, seed=3)
+            result = call(c, protocol, "outer", {"A": a, "B": b}, ["QUAD"])
+            np.testing.assert_allclose(result.as_numpy("QUAD"), (a + b) * 4, rtol=1e-6)
+        finally:
+            c.close()
