@@ -31,6 +31,8 @@ from runtime.validation import RequestValidator
 
 # (name, version) -> the served model, raising NotFound: the registry's `get`.
 Models = Callable[[str, str], Any]
+# A step that ran: the step, its model's response, and how long it took (ns).
+Finished = tuple[Step, InferenceResponse, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,20 +145,22 @@ class EnsembleInstance:
         """Every step, each once its inputs exist; the ensemble's outputs and the steps' time."""
         tensors: dict[str, InputTensor] = dict(request.inputs)
         pending = list(self.plan.steps)
-        running: dict[asyncio.Task[tuple[Step, InferenceResponse, int]], Step] = {}
+        running: dict[asyncio.Task[Finished], Step] = {}
         step_ns = 0
         try:
             while True:
-                for step in [s for s in pending if all(t in tensors for t in s.inputs.values())]:
+                ready = [s for s in pending if all(t in tensors for t in s.inputs.values())]
+                for step in ready:
                     pending.remove(step)
-                    task = asyncio.ensure_future(self._step(step, request, tensors))
-                    running[task] = step
-                if not running:
+                if len(ready) == 1 and not running:
+                    # A step that runs alone (each step of a chain) is awaited in place: a
+                    # task and a wait around it would cost about as much as the step's call.
+                    finished = [await self._step(ready[0], request, tensors)]
+                elif ready or running:
+                    finished = await self._first_done(ready, running, request, tensors)
+                else:
                     break
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    del running[task]
-                    step, response, ns = task.result()
+                for step, response, ns in finished:
                     step_ns += ns
                     for out in response.outputs:
                         name = step.outputs[out.name]
@@ -172,9 +176,26 @@ class EnsembleInstance:
             )
         return {t: tensors[t].data for t in self.plan.outputs}, step_ns
 
+    async def _first_done(
+        self,
+        ready: list[Step],
+        running: dict[asyncio.Task[Finished], Step],
+        request: InferenceRequest,
+        tensors: Mapping[str, InputTensor],
+    ) -> list[Finished]:
+        """Start the ready steps beside those running; the results of the first to finish."""
+        for step in ready:
+            running[asyncio.ensure_future(self._step(step, request, tensors))] = step
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        finished = []
+        for task in done:
+            del running[task]
+            finished.append(task.result())
+        return finished
+
     async def _step(
         self, step: Step, outer: InferenceRequest, tensors: Mapping[str, InputTensor]
-    ) -> tuple[Step, InferenceResponse, int]:
+    ) -> Finished:
         """One step as a request to its model; its errors name the ensemble and the step."""
         try:
             model = self._models(step.model_name, step.model_version)
