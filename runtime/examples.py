@@ -1,4 +1,5 @@
-"""The bundled example repository: a small MLP and Triton's add/sub "simple" model.
+"""The bundled example repository: a small MLP, Triton's add/sub "simple" model, and an
+ensemble that serves the MLP between a Python pre-processing and a Python post-processing model.
 
 Built locally with onnx.helper from seeded weights, so a first run needs no download.
 """
@@ -22,7 +23,7 @@ OPSET = 17
 IR_VERSION = 9
 # Bump when the bundled models or configs change so that stale caches are rebuilt.
 MARKER_NAME = ".conveyor-example-repository"
-MARKER_TEXT = "conveyor example repository v3\n"
+MARKER_TEXT = "conveyor example repository v4\n"
 
 MLP_CONFIG = """\
 name: "mlp"
@@ -55,6 +56,100 @@ instance_group [
 parameters {
   key: "intra_op_thread_count"
   value: { string_value: "1" }
+}
+"""
+
+# The pre- and post-processing models and the ensemble below take the MLP's max_batch_size
+# (64): an ensemble may not take more rows than any of its steps.
+#
+# Raw 8x8 images with pixels 0..16 (scikit-learn's digits) -> the MLP's 64 FP32 features.
+MLP_PRE_CONFIG = """\
+name: "mlp_pre"
+backend: "python"
+max_batch_size: 64
+input [ { name: "IMAGE" data_type: TYPE_UINT8 dims: [ 8, 8 ] } ]
+output [ { name: "FEATURES" data_type: TYPE_FP32 dims: [ 64 ] } ]
+dynamic_batching { }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+MLP_PRE_CODE = """\
+import numpy as np
+
+# The brightest pixel of a digits image: features are scaled from 0..16 to 0..1.
+MAX_PIXEL = 16
+
+
+class Model:
+    def predict(self, inputs):
+        images = inputs["IMAGE"]
+        # Clipped rather than refused: the batcher may have joined this request with others,
+        # and an exception would fail every request of the batch.
+        pixels = np.minimum(images, MAX_PIXEL).astype(np.float32)
+        return {"FEATURES": pixels.reshape(len(images), -1) / MAX_PIXEL}
+"""
+
+# The MLP's 10 logits -> softmax probabilities and the most probable class.
+MLP_POST_CONFIG = """\
+name: "mlp_post"
+backend: "python"
+max_batch_size: 64
+input [ { name: "LOGITS" data_type: TYPE_FP32 dims: [ 10 ] } ]
+output [
+  { name: "PROBABILITIES" data_type: TYPE_FP32 dims: [ 10 ] },
+  { name: "LABEL" data_type: TYPE_INT64 dims: [ 1 ] }
+]
+dynamic_batching { }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+MLP_POST_CODE = """\
+import numpy as np
+
+
+class Model:
+    def predict(self, inputs):
+        logits = inputs["LOGITS"].astype(np.float32)
+        # Subtracting each row's largest logit keeps exp from overflowing.
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = exp / exp.sum(axis=1, keepdims=True)
+        label = probabilities.argmax(axis=1).astype(np.int64).reshape(-1, 1)
+        return {"PROBABILITIES": probabilities, "LABEL": label}
+"""
+
+# IMAGE -> mlp_pre -> mlp -> mlp_post -> PROBABILITIES, LABEL, in one request. The steps are
+# requests to the three models, batched with their direct traffic.
+MLP_PIPELINE_CONFIG = """\
+name: "mlp_pipeline"
+platform: "ensemble"
+max_batch_size: 64
+input [ { name: "IMAGE" data_type: TYPE_UINT8 dims: [ 8, 8 ] } ]
+output [
+  { name: "PROBABILITIES" data_type: TYPE_FP32 dims: [ 10 ] },
+  { name: "LABEL" data_type: TYPE_INT64 dims: [ 1 ] }
+]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "mlp_pre"
+      model_version: -1
+      input_map { key: "IMAGE" value: "IMAGE" }
+      output_map { key: "FEATURES" value: "features" }
+    },
+    {
+      model_name: "mlp"
+      model_version: -1
+      input_map { key: "INPUT0" value: "features" }
+      output_map { key: "OUTPUT0" value: "logits" }
+    },
+    {
+      model_name: "mlp_post"
+      model_version: -1
+      input_map { key: "LOGITS" value: "logits" }
+      output_map { key: "PROBABILITIES" value: "PROBABILITIES" }
+      output_map { key: "LABEL" value: "LABEL" }
+    }
+  ]
 }
 """
 
@@ -130,6 +225,16 @@ def _write_tree(root: Path) -> None:
     # No config.pbtxt for "simple": the server completes it from the graph.
     (root / "simple" / "1").mkdir(parents=True)
     (root / "simple" / "1" / "model.onnx").write_bytes(add_sub_model().SerializeToString())
+    for name, config, code in (
+        ("mlp_pre", MLP_PRE_CONFIG, MLP_PRE_CODE),
+        ("mlp_post", MLP_POST_CONFIG, MLP_POST_CODE),
+    ):
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(config)
+        (root / name / "1" / "model.py").write_text(code)
+    # An ensemble's version folder holds no file; the steps name the models they call.
+    (root / "mlp_pipeline" / "1").mkdir(parents=True)
+    (root / "mlp_pipeline" / "config.pbtxt").write_text(MLP_PIPELINE_CONFIG)
     (root / MARKER_NAME).write_text(MARKER_TEXT)
 
 

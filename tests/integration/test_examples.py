@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from google.protobuf.json_format import MessageToDict
 
 from runtime.examples import build_example_repository, default_repository
 from tests.integration.conftest import (
@@ -37,6 +40,9 @@ def test_default_repository_is_built_under_conveyor_home(
     assert (repo / "mlp" / "1" / "model.onnx").is_file()
     assert (repo / "simple" / "1" / "model.onnx").is_file()
     assert not (repo / "simple" / "config.pbtxt").exists()
+    for name in ("mlp_pre", "mlp_post"):
+        assert (repo / name / "1" / "model.py").is_file()
+    assert (repo / "mlp_pipeline" / "config.pbtxt").is_file()
     mtime = (repo / "mlp" / "1" / "model.onnx").stat().st_mtime_ns
     assert build_example_repository(repo) == repo  # a second build is a no-op
     assert (repo / "mlp" / "1" / "model.onnx").stat().st_mtime_ns == mtime
@@ -86,3 +92,112 @@ def test_simple_is_served_from_a_completed_config(
     assert max_batch_size == 4
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+
+
+def images(rows: int, seed: int) -> np.ndarray:
+    """Raw digits-like images: UINT8 [rows, 8, 8] with pixels 0..16."""
+    return np.random.default_rng(seed).integers(0, 17, (rows, 8, 8), dtype=np.uint8)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def chained(client: Any, protocol: str, image: np.ndarray) -> dict[str, np.ndarray]:
+    """mlp_pre, mlp and mlp_post called in turn, each on the previous answer."""
+    features = client.infer("mlp_pre", [infer_input(protocol, "IMAGE", image)]).as_numpy("FEATURES")
+    logits = client.infer("mlp", [infer_input(protocol, "INPUT0", features)]).as_numpy("OUTPUT0")
+    post = client.infer("mlp_post", [infer_input(protocol, "LOGITS", logits)])
+    return {
+        "FEATURES": features,
+        "LOGITS": logits,
+        "PROBABILITIES": post.as_numpy("PROBABILITIES"),
+        "LABEL": post.as_numpy("LABEL"),
+    }
+
+
+def pipeline(client: Any, protocol: str, image: np.ndarray) -> dict[str, np.ndarray]:
+    result = client.infer("mlp_pipeline", [infer_input(protocol, "IMAGE", image)])
+    return {name: result.as_numpy(name) for name in ("PROBABILITIES", "LABEL")}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_mlp_pipeline_answers_as_the_three_models_called_in_turn(
+    example_server: ServerProcess, protocol: str
+) -> None:
+    image = images(6, seed=11)
+    client = make_client(protocol, example_server)
+    try:
+        steps = chained(client, protocol, image)
+        whole = pipeline(client, protocol, image)
+    finally:
+        client.close()
+    # Each step does what it says: scaled, flattened pixels; softmax; argmax.
+    expected_features = image.reshape(6, 64).astype(np.float32) / 16
+    np.testing.assert_allclose(steps["FEATURES"], expected_features, rtol=1e-6)
+    np.testing.assert_allclose(steps["PROBABILITIES"], softmax(steps["LOGITS"]), rtol=1e-5)
+    # The ensemble gives what the client gets by chaining the calls.
+    assert whole["PROBABILITIES"].dtype == np.float32
+    assert whole["PROBABILITIES"].shape == (6, 10)
+    assert whole["LABEL"].dtype == np.int64
+    assert whole["LABEL"].shape == (6, 1)
+    np.testing.assert_allclose(whole["PROBABILITIES"], steps["PROBABILITIES"], rtol=1e-6)
+    np.testing.assert_array_equal(whole["LABEL"], steps["LABEL"])
+    np.testing.assert_allclose(whole["PROBABILITIES"].sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(whole["LABEL"][:, 0], whole["PROBABILITIES"].argmax(axis=1))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_mlp_pipeline_serves_concurrent_clients_and_clips_bright_pixels(
+    example_server: ServerProcess, protocol: str
+) -> None:
+    """Eight clients at once, each on its own thread with its own client (their requests may
+    share batches in every step); a pixel above 16 counts as 16."""
+    batches = [images(1 + seed % 3, seed=seed) for seed in range(16)]
+    for image in batches[1::2]:
+        image[:, 0, 0] = 255
+    client = make_client(protocol, example_server)
+    try:
+        expected = [chained(client, protocol, np.minimum(image, 16)) for image in batches]
+    finally:
+        client.close()
+
+    def one(image: np.ndarray) -> dict[str, np.ndarray]:
+        own = make_client(protocol, example_server)
+        try:
+            return pipeline(own, protocol, image)
+        finally:
+            own.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, batches))
+    for answer, want in zip(answers, expected, strict=True):
+        np.testing.assert_allclose(answer["PROBABILITIES"], want["PROBABILITIES"], rtol=1e-5)
+        np.testing.assert_array_equal(answer["LABEL"], want["LABEL"])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_pipeline_and_its_steps_agree_on_max_batch_size(
+    example_server: ServerProcess, protocol: str
+) -> None:
+    client = make_client(protocol, example_server)
+    try:
+        configs = {
+            name: client.get_model_config(name)
+            for name in ("mlp_pipeline", "mlp_pre", "mlp", "mlp_post")
+        }
+    finally:
+        client.close()
+    if protocol == "grpc":
+        configs = {
+            name: MessageToDict(c.config, preserving_proto_field_name=True)
+            for name, c in configs.items()
+        }
+    sizes = {name: int(c["max_batch_size"]) for name, c in configs.items()}
+    assert sizes["mlp_pipeline"] > 0
+    assert all(size >= sizes["mlp_pipeline"] for size in sizes.values()), sizes
+    steps = configs["mlp_pipeline"]["ensemble_scheduling"]["step"]
+    assert [s["model_name"] for s in steps] == ["mlp_pre", "mlp", "mlp_post"]
+    for name in ("mlp_pre", "mlp_post"):
+        assert "dynamic_batching" in configs[name], name
