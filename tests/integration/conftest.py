@@ -270,6 +270,14 @@ def expect_error(protocol: str, codes: tuple[str, ...], call: Any, *args: Any, *
     return str(message)
 
 
+def model_index(client: Any, protocol: str) -> dict[str, dict[str, str]]:
+    """The repository index by model name (its last row per name), whichever the protocol."""
+    rows = client.get_model_repository_index()
+    if protocol == "grpc":
+        rows = [{"name": m.name, "state": m.state, "reason": m.reason} for m in rows.models]
+    return {r["name"]: r for r in rows}
+
+
 def http_request(
     srv: ServerProcess,
     method: str,

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.integration.conftest import ServerProcess, infer_input, make_client, running_server
+from tests.integration.conftest import (
+    ServerProcess,
+    infer_input,
+    make_client,
+    model_index,
+    running_server,
+)
 
 COMPLETES = """
 import numpy as np
@@ -135,10 +141,7 @@ def test_the_model_completes_its_config(aclient: Any, protocol: str, model: str)
 
 
 def test_a_config_the_model_cannot_complete_is_refused(aclient: Any, protocol: str) -> None:
-    rows = aclient.get_model_repository_index()
-    if protocol == "grpc":
-        rows = [{"name": m.name, "state": m.state, "reason": m.reason} for m in rows.models]
-    by_name = {r["name"]: r for r in rows}
+    by_name = model_index(aclient, protocol)
     for name, reason in REFUSED.items():
         assert by_name[name]["state"] == "UNAVAILABLE", by_name[name]
         assert reason in by_name[name]["reason"], by_name[name]

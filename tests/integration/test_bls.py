@@ -16,6 +16,7 @@ from tests.integration.conftest import (
     expect_error,
     infer_input,
     make_client,
+    model_index,
     running_server,
 )
 from tests.models import add_sub_fp32
@@ -206,10 +207,7 @@ def test_a_failed_call_comes_back_in_the_response(
 
 
 def test_calls_outside_execute_fail_the_load(bclient: Any, protocol: str) -> None:
-    rows_ = bclient.get_model_repository_index()
-    if protocol == "grpc":
-        rows_ = [{"name": m.name, "state": m.state, "reason": m.reason} for m in rows_.models]
-    entry = {r["name"]: r for r in rows_}["bls_in_initialize"]
+    entry = model_index(bclient, protocol)["bls_in_initialize"]
     assert entry["state"] == "UNAVAILABLE"
     assert "BLS is only supported during the 'execute' function." in entry["reason"]
 

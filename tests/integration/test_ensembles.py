@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     expect_error,
     infer_input,
     make_client,
+    model_index,
     requested_output,
     running_server,
 )
@@ -300,15 +301,8 @@ def test_a_bad_input_is_refused_by_the_ensemble(eclient: Any, protocol: str) -> 
     assert "pipe" in message
 
 
-def index(client: Any, protocol: str) -> dict[str, dict[str, str]]:
-    rows = client.get_model_repository_index()
-    if protocol == "grpc":
-        rows = [{"name": m.name, "state": m.state, "reason": m.reason} for m in rows.models]
-    return {r["name"]: r for r in rows}
-
-
 def test_a_bad_ensemble_is_unavailable_with_its_reason(eclient: Any, protocol: str) -> None:
-    rows = index(eclient, protocol)
+    rows = model_index(eclient, protocol)
     for name, reason in REFUSED.items():
         assert rows[name]["state"] == "UNAVAILABLE", rows[name]
         assert reason in rows[name]["reason"], rows[name]

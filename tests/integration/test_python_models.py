@@ -21,6 +21,7 @@ from tests.integration.conftest import (
     expect_error,
     infer_input,
     make_client,
+    model_index,
     running_server,
     start_server,
 )
@@ -269,13 +270,6 @@ def worker_pids(parent: int) -> list[int]:
     return found
 
 
-def index(client: Any, protocol: str) -> dict[str, dict[str, str]]:
-    rows = client.get_model_repository_index()
-    if protocol == "grpc":
-        rows = [{"name": m.name, "state": m.state, "reason": m.reason} for m in rows.models]
-    return {r["name"]: r for r in rows}
-
-
 def test_a_batched_python_model_serves(pyclient: Any, protocol: str) -> None:
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     result = pyclient.infer("double", [infer_input(protocol, "x", x)])
@@ -340,7 +334,7 @@ def test_a_dead_worker_fails_its_request_and_comes_back(pyclient: Any, protocol:
 def test_a_model_that_cannot_load_is_unavailable_with_its_reason(
     pyclient: Any, protocol: str
 ) -> None:
-    rows = index(pyclient, protocol)
+    rows = model_index(pyclient, protocol)
     reasons = {
         "broken_load": "RuntimeError: no weights here",
         "broken_import": "ModuleNotFoundError: No module named 'not_a_module_of_anyone'",
