@@ -19,10 +19,11 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Mapping, Sequence
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+
+from runtime.channel import Channel
 
 # The called model's outputs, or (TritonError code, message).
 Outcome = dict[str, np.ndarray] | tuple[int, str]
@@ -31,7 +32,7 @@ Outcome = dict[str, np.ndarray] | tuple[int, str]
 class ModelCalls:
     """The worker's end of its calls to other models, open only while a batch runs."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Channel) -> None:
         self.conn = conn
         # Triton serves BLS only inside `execute`; this is True while a batch runs.
         self.open = False

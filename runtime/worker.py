@@ -15,7 +15,6 @@ import signal
 import sys
 import traceback
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from runtime import pb_utils, triton_model
+from runtime.channel import Channel
 from runtime.model_calls import ModelCalls
 from runtime.shared_buffer import SharedBuffer, size_for, split_objects
 
@@ -73,7 +73,7 @@ def declared(model_class: type, attribute: str) -> list[tuple[str, str, list[int
 class Worker:
     """One model instance's loop on its end of the connection."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Channel) -> None:
         self.conn = conn
         self.model: Any = None
         self.triton: triton_model.TritonAdapter | None = None
@@ -239,7 +239,7 @@ def main(argv: list[str]) -> int:
     # The server decides when its workers stop (SIGTERM drains first); a Ctrl-C at the
     # terminal reaches the whole process group and must not kill a batch mid-run.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(int(argv[1]))
+    conn = Channel.from_fd(int(argv[1]))
     worker = Worker(conn)
     if worker.start():
         worker.serve()

@@ -13,13 +13,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runtime import pb_utils, tensors
+from runtime.channel import Channel
 from runtime.errors import (
     Cancelled,
     InternalError,
@@ -58,7 +58,7 @@ class WorkerProcess:
             pass_fds=[theirs.fileno()],
         )
         theirs.close()
-        self.conn = Connection(ours.detach())
+        self.conn = Channel(ours)
         self.input: SharedBuffer | None = None
         self.output: SharedBuffer | None = None
         # Buffers whose names the worker has been sent but not yet answered after.
@@ -182,6 +182,8 @@ class WorkerProcess:
         10 us each on the machines measured); it is dropped when it fires with no batch
         waiting (a worker that died while idle would otherwise wake the loop forever).
         """
+        if self.conn.has_message():  # it came in with the previous one's read
+            return self.receive()
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         if self._reader is None:
