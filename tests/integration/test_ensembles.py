@@ -4,6 +4,7 @@ other ensembles, through the real server and tritonclient over both protocols.""
 from __future__ import annotations
 
 import textwrap
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import (
     ServerProcess,
@@ -365,3 +367,29 @@ def test_loading_an_ensemble_loads_the_models_it_calls(ensemble_repo: Path, prot
             np.testing.assert_allclose(result.as_numpy("QUAD"), (a + b) * 4, rtol=1e-6)
         finally:
             c.close()
+
+
+def success_counts(srv: ServerProcess, models: tuple[str, ...]) -> dict[str, float]:
+    """nv_inference_request_success per model, from the Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://{srv.metrics_url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    counts = dict.fromkeys(models, 0.0)
+    for family in text_string_to_metric_families(text):
+        if family.name != "nv_inference_request_success":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") in counts:
+                counts[sample.labels["model"]] += sample.value
+    return counts
+
+
+def test_metrics_count_the_ensemble_and_each_composing_model(
+    ensemble_server: ServerProcess, eclient: Any, protocol: str
+) -> None:
+    models = ("pipe", "add_sub_fp32", "double", "negate")
+    before = success_counts(ensemble_server, models)
+    a, b = operands(rows=1, seed=11)
+    for _ in range(2):
+        call(eclient, protocol, "pipe", {"A": a, "B": b}, ["DOUBLED"])
+    after = success_counts(ensemble_server, models)
+    assert {m: after[m] - before[m] for m in models} == dict.fromkeys(models, 2.0)
