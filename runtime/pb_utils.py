@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -286,6 +287,34 @@ def get_input_config_by_name(model_config: Mapping[str, Any], name: str) -> Any:
 
 def get_output_config_by_name(model_config: Mapping[str, Any], name: str) -> Any:
     return next((t for t in model_config.get("output", []) if t.get("name") == name), None)
+
+
+def serialize_byte_tensor(input_tensor: np.ndarray) -> np.ndarray:
+    """A BYTES tensor in Triton's flat layout: each element, in C order, as its 4-byte
+    little-endian length then its bytes (`str` elements as UTF-8); a 0-d object array."""
+    parts: list[bytes] = []
+    for item in np.asarray(input_tensor, dtype=object).ravel(order="C"):
+        data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts += [struct.pack("<I", len(data)), data]
+    return np.array(b"".join(parts), dtype=object)
+
+
+def deserialize_bytes_tensor(encoded_tensor: bytes) -> np.ndarray:
+    """The elements of a flat BYTES tensor (the other way), as a 1-d array of bytes."""
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(encoded_tensor):
+        (length,) = struct.unpack_from("<I", encoded_tensor, offset)
+        offset += 4
+        items.append(bytes(encoded_tensor[offset : offset + length]))
+        offset += length
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def using_decoupled_model_transaction_policy(model_config: Mapping[str, Any]) -> bool:
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
 
 
 # The worker's ModelCalls (runtime/model_calls.py), which `exec` goes through.
