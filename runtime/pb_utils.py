@@ -105,6 +105,34 @@ class Tensor:
     def is_cpu(self) -> bool:
         return True
 
+    def to_dlpack(self) -> Any:
+        """The tensor as a DLPack capsule (for torch.utils.dlpack.from_dlpack and the like);
+        a read-only input is copied first, since DLPack before 1.0 cannot mark it so."""
+        try:
+            return self._array.__dlpack__()
+        except BufferError:
+            return np.array(self._array).__dlpack__()
+
+    @staticmethod
+    def from_dlpack(name: str, tensor: Any) -> Tensor:
+        """A Tensor from a DLPack capsule or an object with `__dlpack__` (host memory only)."""
+        if not hasattr(tensor, "__dlpack__"):
+            tensor = _Capsule(tensor)
+        return Tensor(name, np.from_dlpack(tensor))
+
+
+class _Capsule:
+    """A bare DLPack capsule as the object np.from_dlpack takes (host memory)."""
+
+    def __init__(self, capsule: Any) -> None:
+        self._capsule = capsule
+
+    def __dlpack__(self, **_: Any) -> Any:
+        return self._capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU, device 0
+
 
 class InferenceRequest:
     """A request as `execute` receives it, or one that model code builds to call a model."""

@@ -92,3 +92,16 @@ def test_exec_outside_execute_is_refused_with_tritons_message() -> None:
     )
     with pytest.raises(pb_utils.TritonModelException, match="only supported during"):
         request.exec()
+
+
+def test_tensors_cross_dlpack_both_ways() -> None:
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    out = pb_utils.Tensor.from_dlpack("y", pb_utils.Tensor("x", array).to_dlpack())
+    np.testing.assert_array_equal(out.as_numpy(), array)
+    assert out.name() == "y"
+    readonly = array.copy()
+    readonly.flags.writeable = False  # as a request's inputs are
+    again = pb_utils.Tensor.from_dlpack("z", pb_utils.Tensor("x", readonly).to_dlpack())
+    np.testing.assert_array_equal(again.as_numpy(), array)
+    from_object = pb_utils.Tensor.from_dlpack("w", array)  # anything with __dlpack__
+    np.testing.assert_array_equal(from_object.as_numpy(), array)
