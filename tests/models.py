@@ -8,6 +8,7 @@ others (BYTES included), so none is dropped.
 from __future__ import annotations
 
 import functools
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -399,3 +400,24 @@ def reference(name: str, inputs: dict[str, np.ndarray], version: int = 1) -> dic
     feeds = {key: _to_ort(value) for key, value in inputs.items()}
     outputs = session.run(names, feeds)
     return {key: _from_ort(value) for key, value in zip(names, outputs, strict=True)}
+
+
+# A batched Python model on FP32 [4] rows, x -> y, one worker, dynamic batching.
+PYTHON_FP32 = """
+name: "{name}"
+backend: "python"
+max_batch_size: 8
+input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+dynamic_batching {{ }}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+
+def python_fp32(root: Path, name: str, code: str) -> Path:
+    """A PYTHON_FP32 model whose version 1 is `code` (dedented) as model.py."""
+    model_dir = root / name
+    (model_dir / "1").mkdir(parents=True)
+    write_config(model_dir, PYTHON_FP32.format(name=name))
+    (model_dir / "1" / "model.py").write_text(textwrap.dedent(code))
+    return model_dir

@@ -4,7 +4,6 @@ back in the response, through the real server and tritonclient over both protoco
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,16 +18,7 @@ from tests.integration.conftest import (
     model_index,
     running_server,
 )
-from tests.models import add_sub_fp32
-
-CONFIG = """
-name: "{name}"
-backend: "python"
-max_batch_size: 8
-input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }} ]
-output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }} ]
-dynamic_batching {{ }}
-"""
+from tests.models import add_sub_fp32, python_fp32
 
 MODELS = {
     # y = 2x + 1: add_sub_fp32 (ONNX) computes x + x.
@@ -148,9 +138,7 @@ def bls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     root = tmp_path_factory.mktemp("bls_repo")
     add_sub_fp32(root)
     for name, code in MODELS.items():
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "config.pbtxt").write_text(CONFIG.format(name=name))
-        (root / name / "1" / "model.py").write_text(textwrap.dedent(code))
+        python_fp32(root, name, code)
     with running_server(root) as srv:
         yield srv
 

@@ -3,7 +3,6 @@ other ensembles, through the real server and tritonclient over both protocols.""
 
 from __future__ import annotations
 
-import textwrap
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,17 +22,7 @@ from tests.integration.conftest import (
     requested_output,
     running_server,
 )
-from tests.models import add_sub_fp32
-
-PYTHON_FP32 = """
-name: "{name}"
-backend: "python"
-max_batch_size: 8
-input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }} ]
-output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }} ]
-dynamic_batching {{ }}
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
-"""
+from tests.models import add_sub_fp32, python_fp32
 
 PYTHON_MODELS = {
     "double": """
@@ -171,9 +160,7 @@ def ensemble_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ensemble_repo")
     add_sub = add_sub_fp32(root)
     for name, code in PYTHON_MODELS.items():
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "config.pbtxt").write_text(PYTHON_FP32.format(name=name))
-        (root / name / "1" / "model.py").write_text(textwrap.dedent(code))
+        python_fp32(root, name, code)
     for name, text in ENSEMBLES.items():
         (root / name / "1").mkdir(parents=True)  # an ensemble's version folder holds no file
         (root / name / "config.pbtxt").write_text(text)
