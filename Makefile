@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,proto,bench,train]"
+	$(BIN)/python -m pip install -q -e ".[test,proto,bench,train,publish]"
 	touch $(STAMP)
 
 perf-analyzer: install

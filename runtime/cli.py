@@ -140,6 +140,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # Light: scikit-learn and skl2onnx load only when a source needs them.
+    from runtime.publish import command
+
+    command.add_parser(sub)
+
+
+def _publish(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from runtime.publish import command
+
+    return command.run(args, argv)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -161,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_bench(sub)
     _add_train(sub)
+    _add_publish(sub)
     return parser
 
 
@@ -238,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "publish":
+        return _publish(args, argv)
     return 2
 
 

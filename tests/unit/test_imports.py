@@ -69,15 +69,16 @@ def test_only_protocol_server_and_metrics_import_web_packages(path: Path) -> Non
     assert imported_roots(path) & WEB_PACKAGES == set(), rel
 
 
-# The training stages' libraries: only runtime/training may import them, so the server never
-# loads them (and the server's image needs none of them).
-TRAINING_PACKAGES = frozenset({"torch", "sklearn", "onnxscript"})
+# The training and publishing libraries: only runtime/training and runtime/publish may import
+# them, so the server never loads them (and the server's image needs none of them).
+TRAINING_PACKAGES = frozenset({"torch", "sklearn", "onnxscript", "skl2onnx"})
+MAY_IMPORT_TRAINING = ("runtime/training/", "runtime/publish/")
 
 
 @pytest.mark.parametrize("path", sources(), ids=relative)
 def test_only_training_imports_torch(path: Path) -> None:
     rel = relative(path)
-    if rel.startswith("runtime/training/"):
+    if rel.startswith(MAY_IMPORT_TRAINING):
         return
     assert imported_roots(path) & TRAINING_PACKAGES == set(), rel
 
@@ -99,7 +100,7 @@ def imports_training(nodes: Iterable[ast.AST]) -> bool:
 @pytest.mark.parametrize("path", sources(), ids=relative)
 def test_only_the_cli_imports_training_and_only_inside_a_function(path: Path) -> None:
     rel = relative(path)
-    if rel.startswith("runtime/training/"):
+    if rel.startswith(MAY_IMPORT_TRAINING):
         return
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     assert not imports_training(tree.body), f"{rel} imports runtime.training at module level"
@@ -110,8 +111,9 @@ def test_only_the_cli_imports_training_and_only_inside_a_function(path: Path) ->
 def test_the_training_package_itself_loads_no_torch() -> None:
     """The CLI and `runtime.training` itself load torch only when a training run starts."""
     code = (
-        "import sys, runtime.cli, runtime.training\n"
-        "print(sorted(sys.modules.keys() & {'torch', 'sklearn', 'onnxscript'}))"
+        "import sys, runtime.cli, runtime.training, runtime.publish, conveyor\n"
+        "runtime.cli.build_parser()\n"
+        "print(sorted(sys.modules.keys() & {'torch', 'sklearn', 'onnxscript', 'skl2onnx'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -269,7 +271,7 @@ def test_the_server_loads_no_training_library(tmp_path: Path) -> None:
         "from tests import models\n"
         f"folder = models.add_sub_fp32(pathlib.Path({str(tmp_path)!r}))\n"
         "load_instance(folder, 1, read_config_file(folder), InstanceSettings(device='cpu'))\n"
-        "print(sorted(sys.modules.keys() & {'torch', 'sklearn', 'onnxscript'}))"
+        "print(sorted(sys.modules.keys() & {'torch', 'sklearn', 'onnxscript', 'skl2onnx'}))"
     )
     root = RUNTIME.parent
     out = subprocess.run(

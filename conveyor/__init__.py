@@ -1,0 +1,14 @@
+"""Conveyor's public Python API.
+
+    import conveyor
+    record = conveyor.publish(model, sample, repository="models", name="my_model")
+
+publishes a fitted scikit-learn estimator or Pipeline, or an onnx.ModelProto, as the next
+version of a served model; see runtime.publish for the details.
+"""
+
+from __future__ import annotations
+
+from runtime.publish import BadInput, ParityFailed, PublishRecord, PublishStopped, publish
+
+__all__ = ["BadInput", "ParityFailed", "PublishRecord", "PublishStopped", "publish"]

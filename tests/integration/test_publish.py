@@ -1,0 +1,265 @@
+"""`conveyor publish` and `conveyor.publish` end to end: real models trained here on bundled
+data, published, served by a real server, and compared with the native predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import onnx
+import pytest
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+import conveyor
+from runtime import cli
+from tests.integration.conftest import (
+    PROTOCOLS,
+    ServerProcess,
+    inputs_of,
+    make_client,
+    requested_output,
+    running_server,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+BATCH = 32  # the iris models take at most 32 rows a request
+BREAST_CANCER_NAMES = ["malignant", "benign"]
+CLASSIFIER_OUTPUTS = ("label", "probabilities")
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    repo: Path
+    work: Path
+    bc: Any  # breast cancer classifier, published through the CLI from a .joblib file
+    diabetes: Any  # regressor, published through conveyor.publish
+    iris: Any  # string classes, published through conveyor.publish
+    bc_x: np.ndarray
+    diabetes_x: np.ndarray
+    iris_x: np.ndarray
+    cli_output: str
+
+
+def classifier() -> Pipeline:
+    return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=1000))])
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
+    work = tmp_path_factory.mktemp("publish")
+    repo = work / "repo"
+    bc_x, bc_y = load_breast_cancer(return_X_y=True)
+    bc = classifier().fit(bc_x, bc_y)
+    joblib.dump(bc, work / "bc.joblib")
+    # A CSV sample with a header row; the reference (for the drift profile) as .npy.
+    header = ",".join(f"f{i}" for i in range(bc_x.shape[1]))
+    np.savetxt(work / "bc.csv", bc_x[::5], delimiter=",", header=header, comments="")
+    np.save(work / "bc_reference.npy", bc_x)
+    (work / "bc_labels.txt").write_text("\n".join(BREAST_CANCER_NAMES) + "\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "publish", str(work / "bc.joblib"),
+         "--repository", str(repo), "--name", "bc", "--sample", str(work / "bc.csv"),
+         "--reference", str(work / "bc_reference.npy"), "--labels", str(work / "bc_labels.txt")],
+        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    d_x, d_y = load_diabetes(return_X_y=True)
+    diabetes = Pipeline([("scale", StandardScaler()), ("ridge", Ridge())]).fit(d_x, d_y)
+    conveyor.publish(diabetes, d_x[:100], repository=repo, name="diabetes")
+
+    iris_x, iris_y = load_iris(return_X_y=True)
+    iris_names = np.array(load_iris().target_names)[iris_y]
+    iris = classifier().fit(iris_x, iris_names)
+    conveyor.publish(iris, iris_x, repository=repo, name="iris", max_batch_size=32)
+    return Published(
+        repo, work, bc, diabetes, iris,
+        bc_x.astype(np.float32), d_x.astype(np.float32), iris_x.astype(np.float32), done.stdout,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def onnx_published(published: Published) -> Path:
+    """The iris graph saved as a .onnx file and published as is through the CLI."""
+    path = published.work / "iris.onnx"
+    path.write_bytes((published.repo / "iris" / "1" / "model.onnx").read_bytes())
+    np.save(published.work / "iris.npy", published.iris_x)
+    labels = published.work / "iris_labels.txt"
+    labels.write_text("setosa\nversicolor\nvirginica\n")
+    code = cli.main(
+        ["publish", str(path), "--repository", str(published.repo), "--name", "iris_onnx",
+         "--sample", str(published.work / "iris.npy"), "--labels", str(labels)]
+    )  # fmt: skip
+    assert code == 0
+    return published.repo / "iris_onnx"
+
+
+@pytest.fixture(scope="module")
+def server(published: Published, onnx_published: Path) -> Iterator[ServerProcess]:
+    with running_server(published.repo) as srv:
+        yield srv
+
+
+def infer(
+    srv: ServerProcess, protocol: str, model: str, rows: np.ndarray, outputs: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """The named outputs of model over rows, sent in batches."""
+    client = make_client(protocol, srv)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    try:
+        for i in range(0, len(rows), BATCH):
+            result = client.infer(model, inputs_of(protocol, {"input": rows[i : i + BATCH]}))
+            for name in outputs:
+                parts[name].append(result.as_numpy(name))
+    finally:
+        client.close()
+    return {name: np.concatenate(p) for name, p in parts.items()}
+
+
+def top_class(srv: ServerProcess, protocol: str, model: str, rows: np.ndarray) -> list[str]:
+    """The classification extension's answer: the top class's name per row."""
+    client = make_client(protocol, srv)
+    try:
+        top = client.infer(
+            model,
+            inputs_of(protocol, {"input": rows}),
+            outputs=[requested_output(protocol, "probabilities", class_count=1)],
+        ).as_numpy("probabilities")
+    finally:
+        client.close()
+    return [(t.decode() if isinstance(t, bytes) else t).split(":")[2] for t in top[:, 0]]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_cli_published_classifier_answers_as_the_native_model(
+    server: ServerProcess, published: Published, protocol: str
+) -> None:
+    x = published.bc_x
+    served = infer(server, protocol, "bc", x, CLASSIFIER_OUTPUTS)
+    np.testing.assert_array_equal(served["label"], published.bc.predict(x))
+    np.testing.assert_allclose(served["probabilities"], published.bc.predict_proba(x), atol=1e-4)
+    names = top_class(server, protocol, "bc", x[:16])
+    assert names == [BREAST_CANCER_NAMES[i] for i in published.bc.predict(x[:16])]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_api_published_regressor_answers_as_the_native_model(
+    server: ServerProcess, published: Published, protocol: str
+) -> None:
+    x = published.diabetes_x
+    served = infer(server, protocol, "diabetes", x, ("prediction",))
+    assert served["prediction"].shape == (len(x), 1)
+    np.testing.assert_allclose(served["prediction"][:, 0], published.diabetes.predict(x), rtol=1e-4)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", ["iris", "iris_onnx"])
+def test_string_classes_are_served_as_indices_and_named_by_the_extension(
+    server: ServerProcess, published: Published, protocol: str, model: str
+) -> None:
+    x = published.iris_x
+    served = infer(server, protocol, model, x, CLASSIFIER_OUTPUTS)
+    classes = list(published.iris.classes_)
+    expected = [classes.index(c) for c in published.iris.predict(x)]
+    np.testing.assert_array_equal(served["label"], expected)
+    np.testing.assert_allclose(served["probabilities"], published.iris.predict_proba(x), atol=1e-4)
+    assert top_class(server, protocol, model, x[::10]) == list(published.iris.predict(x[::10]))
+
+
+def test_the_version_holds_the_model_the_profile_and_the_card(published: Published) -> None:
+    import hashlib
+
+    version = published.repo / "bc" / "1"
+    assert sorted(p.name for p in version.iterdir()) == [
+        "drift_profile.npz", "model.onnx", "model_card.json",
+    ]  # fmt: skip
+    assert (published.repo / "bc" / "labels.txt").read_text().split() == BREAST_CANCER_NAMES
+    config = (published.repo / "bc" / "config.pbtxt").read_text()
+    assert "max_queue_delay_microseconds: 500" in config
+    assert "max_batch_size: 64" in config
+    card = json.loads((version / "model_card.json").read_text())
+    assert card["source"]["library"] == "scikit-learn"
+    assert card["converter"].startswith("skl2onnx ")
+    assert card["opset"] == 17
+    assert card["parity"]["label_mismatches"] == 0
+    assert card["parity"]["max_abs_diff"] <= 1e-4
+    sha = hashlib.sha256((published.work / "bc.csv").read_bytes()).hexdigest()
+    assert card["sample"]["sha256"] == sha
+    assert card["reference"]["rows"] == len(published.bc_x)
+    assert card["command"].startswith("conveyor publish ")
+    with np.load(version / "drift_profile.npz") as profile:
+        assert str(profile["input_name"]) == "input"
+        assert str(profile["output_name"]) == "probabilities"
+        assert int(profile["rows"]) == len(published.bc_x)
+    # The CLI ends with a tritonclient snippet and a curl call for the new model.
+    assert "client.infer('bc'" in published.cli_output
+    assert "curl -s localhost:8000/v2/models/bc/infer" in published.cli_output
+
+
+def test_a_second_publish_is_the_next_version(published: Published, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    first = conveyor.publish(published.iris, published.iris_x, repository=repo, name="iris")
+    second = conveyor.publish(published.iris, published.iris_x, repository=repo, name="iris")
+    assert (first.version, second.version) == (1, 2)
+    assert Path(second.paths["model"]).is_file()
+    assert second.parity["rows"] == len(published.iris_x)
+
+
+def bad_publish(
+    work: Path, source: Path, sample: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, Path]:
+    repo = work / "bad_repo"
+    code = cli.main(
+        ["publish", str(source), "--repository", str(repo), "--name", "m", "--sample", str(sample)]
+    )
+    return code, capsys.readouterr().err, repo
+
+
+def test_bad_inputs_exit_2_and_publish_nothing(
+    published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = published.work / "bc_reference.npy"
+    narrow = tmp_path / "narrow.npy"
+    np.save(narrow, published.bc_x[:10, :5])
+    corrupt = tmp_path / "corrupt.joblib"
+    corrupt.write_bytes(b"not a joblib file")
+    broken_onnx = tmp_path / "broken.onnx"
+    broken_onnx.write_bytes(b"\x08\x07garbage")
+    unknown = tmp_path / "model.h5"
+    unknown.write_bytes(b"")
+    cases = [
+        (corrupt, sample, "corrupt.joblib"),
+        (broken_onnx, sample, "broken.onnx"),
+        (unknown, sample, ".onnx"),
+        (published.work / "bc.joblib", narrow, "narrow.npy"),
+        (published.work / "iris.onnx", narrow, "4 features"),
+        (published.work / "bc.joblib", tmp_path / "missing.npy", "missing.npy"),
+    ]
+    for source, rows, mentioned in cases:
+        code, err, repo = bad_publish(tmp_path, source, rows, capsys)
+        assert code == 2, (source, err)
+        assert mentioned in err, err
+        assert "nothing was published" in err
+        assert not (repo / "m").exists()
+
+
+def test_a_width_mismatch_through_the_api_raises_bad_input(
+    published: Published, tmp_path: Path
+) -> None:
+    with pytest.raises(conveyor.BadInput, match="expects 4 features"):
+        conveyor.publish(published.iris, published.bc_x, repository=tmp_path, name="iris")
+    model = onnx.load(str(published.repo / "iris" / "1" / "model.onnx"))
+    with pytest.raises(conveyor.BadInput, match="4 features"):
+        conveyor.publish(model, published.bc_x, repository=tmp_path, name="iris")
+    assert not (tmp_path / "iris").exists()
