@@ -3,8 +3,9 @@
     import conveyor
     record = conveyor.publish(model, sample, repository="models", name="my_model")
 
-publishes a fitted scikit-learn estimator or Pipeline, or an onnx.ModelProto, as the next
-version of a served model; see runtime.publish for the details.
+publishes a fitted scikit-learn estimator or Pipeline, a fitted XGBoost or LightGBM model
+(XGBClassifier/XGBRegressor, LGBMClassifier/LGBMRegressor or a Booster), or an
+onnx.ModelProto, as the next version of a served model; see runtime.publish for the details.
 """
 
 from __future__ import annotations

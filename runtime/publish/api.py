@@ -93,8 +93,9 @@ def publish(
     command: str = "",
     source_file: str = "",
 ) -> PublishRecord:
-    """Publish model (a fitted scikit-learn estimator or Pipeline, or an onnx.ModelProto) as
-    the next version of `<repository>/<name>` and return the run's record.
+    """Publish model (a fitted scikit-learn estimator or Pipeline, a fitted XGBoost or
+    LightGBM classifier, regressor or Booster, or an onnx.ModelProto) as the next version of
+    `<repository>/<name>` and return the run's record.
 
     Raises BadInput (exit status 2) for inputs that do not fit, ParityFailed (exit status 1)
     when ONNX Runtime and the native model disagree on the sample; nothing is published then.
@@ -232,6 +233,8 @@ def _card(
         },
         "converter": source.converter,
         "opset": source.opset,
+        # Every operator domain's opset: tree ensembles are in ai.onnx.ml.
+        "opsets": {o.domain or "ai.onnx": o.version for o in source.model.opset_import},
         "input": {"name": record.input_name, "datatype": "FP32", "shape": [-1, record.features]},
         "outputs": record.outputs,
         "classes": record.classes,

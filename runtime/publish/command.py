@@ -15,7 +15,8 @@ from runtime.publish.errors import BadInput, PublishStopped
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "publish",
-        help="publish your own model (ONNX, scikit-learn) as the next version in a repository",
+        help="publish your own model (ONNX, scikit-learn, XGBoost, LightGBM) as the next version "
+        "in a repository",
         description="Publish a model as the next version of REPOSITORY/NAME after a parity "
         f"check on the sample. Sources: {sources.describe_kinds()}. Pickle and joblib files "
         "run code when loaded: publish only files you trust.",

@@ -26,7 +26,10 @@ CARD_FILENAME = "model_card.json"
 MAX_QUEUE_DELAY_US = 500
 DEFAULT_MAX_BATCH_SIZE = 64
 # Distributions whose versions decide what the published graph is and how it was checked.
-LIBRARIES = ("onnx", "onnxruntime", "numpy", "scikit-learn", "skl2onnx")
+LIBRARIES = (
+    "onnx", "onnxruntime", "numpy", "scikit-learn", "skl2onnx", "onnxmltools", "xgboost",
+    "xgboost-cpu", "lightgbm",
+)  # fmt: skip
 
 
 def _tensor_specs(values: Sequence[onnx.ValueInfoProto]) -> list[tuple[str, str, list[int]]]:

@@ -1,8 +1,9 @@
 """Sources: what a publish starts from, loaded from a file or taken live, and made ONNX.
 
-Supported: an ONNX model (published as is) and a fitted scikit-learn estimator or Pipeline
-(converted with skl2onnx). scikit-learn and skl2onnx are imported only when a source needs
-them, so the CLI and the server never load them otherwise.
+Supported: an ONNX model (published as is), a fitted scikit-learn estimator or Pipeline
+(converted with skl2onnx), and XGBoost and LightGBM models (converted with onnxmltools, see
+runtime.publish.boosted). The training libraries and converters are imported only when a
+source needs them, so the CLI and the server never load them otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 
+from runtime.publish import boosted
 from runtime.publish.errors import BadInput
 
 # File kinds by extension, as the error for an unknown one lists them.
@@ -24,6 +26,9 @@ KINDS = {
     ".onnx": "ONNX model",
     ".joblib": "scikit-learn estimator saved with joblib",
     ".pkl": "scikit-learn estimator saved with pickle",
+    ".json": "XGBoost model saved with save_model",
+    ".ubj": "XGBoost model saved with save_model",
+    ".txt": "LightGBM booster saved with save_model",
 }
 # The main opset of converted graphs: one every supported ONNX Runtime runs.
 TARGET_OPSET = 17
@@ -57,7 +62,8 @@ def describe_kinds() -> str:
 
 def load_file(path: Path) -> Any:
     """The object saved in path. Pickle and joblib files run code when loaded: they are loaded
-    only because the user named them, and never by the server."""
+    only because the user named them, and never by the server. XGBoost and LightGBM files are
+    plain data, read by those libraries' own parsers."""
     suffix = path.suffix.lower()
     if suffix not in KINDS:
         raise BadInput(
@@ -70,6 +76,10 @@ def load_file(path: Path) -> Any:
             model = onnx.load(str(path))
             onnx.checker.check_model(model)
             return model
+        if suffix in (".json", ".ubj"):
+            return boosted.load_xgboost(path)
+        if suffix == ".txt":
+            return boosted.load_lightgbm(path)
         if suffix == ".joblib":
             import joblib
 
@@ -78,7 +88,8 @@ def load_file(path: Path) -> Any:
             return pickle.load(f)
     except Exception as exc:  # any failure to read the file is the file's fault
         raise BadInput(
-            f"source '{path}': not a readable {KINDS[suffix]} ({type(exc).__name__}: {exc})"
+            f"source '{path}': not a readable {KINDS[suffix]} "
+            f"({type(exc).__name__}: {boosted.first_line(exc)})"
         ) from None
 
 
@@ -89,11 +100,15 @@ def prepare(
     names the sample in messages."""
     if isinstance(obj, onnx.ModelProto):
         return from_onnx(obj, sample.shape[1], origin)
+    if boosted.library_of(obj):
+        return from_boosted(obj, sample, input_name, origin)
     if _is_sklearn(obj):
         return from_sklearn(obj, sample, input_name, origin)
     raise BadInput(
         f"source: a {type(obj).__module__}.{type(obj).__qualname__} cannot be published; "
-        "supported: an onnx.ModelProto or a fitted scikit-learn estimator or Pipeline"
+        "supported: an onnx.ModelProto, a fitted scikit-learn estimator or Pipeline, a fitted "
+        "xgboost.XGBClassifier/XGBRegressor or Booster, or a fitted "
+        "lightgbm.LGBMClassifier/LGBMRegressor or Booster"
     )
 
 
@@ -122,6 +137,16 @@ def from_onnx(model: onnx.ModelProto, features: int, origin: str = "sample") -> 
             f"{origin} has {features} columns"
         )
     return Source(model, "onnx", "onnx", metadata.version("onnx"), "none (published as is)")
+
+
+def from_boosted(
+    model: Any, sample: NDArray[np.float32], input_name: str, origin: str = "sample"
+) -> Source:
+    """An XGBoost or LightGBM model converted with onnxmltools, with its answers on sample."""
+    library = boosted.library_of(model)
+    convert = boosted.from_xgboost if library == "xgboost" else boosted.from_lightgbm
+    graph, kind, classes, native, version = convert(model, sample, input_name, origin)
+    return Source(graph, kind, library, version, boosted.converter(), classes, native)
 
 
 def from_sklearn(

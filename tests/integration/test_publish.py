@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import lightgbm
 import numpy as np
 import onnx
 import pytest
+import xgboost
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
@@ -105,8 +107,44 @@ def onnx_published(published: Published) -> Path:
     return published.repo / "iris_onnx"
 
 
+@dataclass(frozen=True, slots=True)
+class Boosted:
+    xgb_bc: Any  # XGBClassifier, saved as .json and published through the CLI
+    lgb_diabetes: Any  # LGBMRegressor, published through conveyor.publish
+    lgb_bc: Any  # LightGBM Booster, saved as .txt and published through the CLI
+
+
 @pytest.fixture(scope="module")
-def server(published: Published, onnx_published: Path) -> Iterator[ServerProcess]:
+def boosted(published: Published) -> Boosted:
+    """Small XGBoost and LightGBM models (25 trees), published beside the scikit-learn ones."""
+    work, repo = published.work, published.repo
+    bc_y = load_breast_cancer().target
+    xgb_bc = xgboost.XGBClassifier(n_estimators=25, max_depth=3).fit(published.bc_x, bc_y)
+    xgb_bc.save_model(work / "xgb_bc.json")
+    code = cli.main(
+        ["publish", str(work / "xgb_bc.json"), "--repository", str(repo), "--name", "xgb_bc",
+         "--sample", str(work / "bc.csv"), "--labels", str(work / "bc_labels.txt")]
+    )  # fmt: skip
+    assert code == 0
+
+    d_y = load_diabetes().target
+    lgb_diabetes = lightgbm.LGBMRegressor(n_estimators=25, verbose=-1).fit(
+        published.diabetes_x, d_y
+    )
+    conveyor.publish(lgb_diabetes, published.diabetes_x, repository=repo, name="lgb_diabetes")
+
+    lgb_bc = lightgbm.LGBMClassifier(n_estimators=25, verbose=-1).fit(published.bc_x, bc_y)
+    lgb_bc.booster_.save_model(work / "lgb_bc.txt")
+    code = cli.main(
+        ["publish", str(work / "lgb_bc.txt"), "--repository", str(repo), "--name", "lgb_bc",
+         "--sample", str(work / "bc_reference.npy")]
+    )  # fmt: skip
+    assert code == 0
+    return Boosted(xgb_bc, lgb_diabetes, lightgbm.Booster(model_file=work / "lgb_bc.txt"))
+
+
+@pytest.fixture(scope="module")
+def server(published: Published, onnx_published: Path, boosted: Boosted) -> Iterator[ServerProcess]:
     with running_server(published.repo) as srv:
         yield srv
 
@@ -161,6 +199,81 @@ def test_the_api_published_regressor_answers_as_the_native_model(
     served = infer(server, protocol, "diabetes", x, ("prediction",))
     assert served["prediction"].shape == (len(x), 1)
     np.testing.assert_allclose(served["prediction"][:, 0], published.diabetes.predict(x), rtol=1e-4)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_cli_published_xgboost_classifier_answers_as_the_native_model(
+    server: ServerProcess, published: Published, boosted: Boosted, protocol: str
+) -> None:
+    x = published.bc_x
+    served = infer(server, protocol, "xgb_bc", x, CLASSIFIER_OUTPUTS)
+    np.testing.assert_array_equal(served["label"], boosted.xgb_bc.predict(x))
+    np.testing.assert_allclose(
+        served["probabilities"], boosted.xgb_bc.predict_proba(x), rtol=0, atol=1e-4
+    )
+    names = top_class(server, protocol, "xgb_bc", x[:16])
+    assert names == [BREAST_CANCER_NAMES[i] for i in boosted.xgb_bc.predict(x[:16])]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_lightgbm_models_answer_as_the_native_ones(
+    server: ServerProcess, published: Published, boosted: Boosted, protocol: str
+) -> None:
+    x = published.diabetes_x
+    served = infer(server, protocol, "lgb_diabetes", x, ("prediction",))
+    assert served["prediction"].shape == (len(x), 1)
+    np.testing.assert_allclose(
+        served["prediction"][:, 0], boosted.lgb_diabetes.predict(x), rtol=1e-4, atol=0
+    )
+    # The booster from the .txt file: its classes are 0 and 1, binary answers P(1).
+    x = published.bc_x
+    served = infer(server, protocol, "lgb_bc", x, CLASSIFIER_OUTPUTS)
+    p1 = boosted.lgb_bc.predict(x)
+    np.testing.assert_array_equal(served["label"], (p1 > 0.5).astype(np.int64))
+    np.testing.assert_allclose(
+        served["probabilities"], np.column_stack([1 - p1, p1]), rtol=0, atol=1e-4
+    )
+
+
+def test_boosted_cards_name_the_library_and_the_converter(
+    published: Published, boosted: Boosted
+) -> None:
+    for name, library, version, kind in [
+        ("xgb_bc", "xgboost", xgboost.__version__, "classifier"),
+        ("lgb_diabetes", "lightgbm", lightgbm.__version__, "regressor"),
+        ("lgb_bc", "lightgbm", lightgbm.__version__, "classifier"),
+    ]:
+        card = json.loads((published.repo / name / "1" / "model_card.json").read_text())
+        assert card["source"]["library"] == library
+        assert card["source"]["kind"] == kind
+        assert card["source"]["library_version"] == version
+        assert card["converter"].startswith("onnxmltools ")
+        assert 1 <= card["opset"] <= 15
+        assert card["opsets"]["ai.onnx.ml"] >= 1
+        assert card["parity"]["label_mismatches"] == 0
+        assert card["parity"]["max_abs_diff"] <= 1e-3
+        assert card["parity"]["max_rel_diff"] <= 1e-4
+    assert (published.repo / "xgb_bc" / "labels.txt").read_text().split() == BREAST_CANCER_NAMES
+    assert (published.repo / "lgb_bc" / "labels.txt").read_text().split() == ["0", "1"]
+    assert not (published.repo / "lgb_diabetes" / "labels.txt").exists()
+
+
+def test_corrupt_boosted_files_exit_2_and_publish_nothing(
+    published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = published.work / "bc_reference.npy"
+    broken_json = tmp_path / "broken.json"
+    broken_json.write_text('{"learner": ')
+    broken_ubj = tmp_path / "broken.ubj"
+    broken_ubj.write_bytes(b"\x00garbage")
+    broken_txt = tmp_path / "broken.txt"
+    broken_txt.write_text("not a lightgbm model\n")
+    for source in (broken_json, broken_ubj, broken_txt, tmp_path / "missing.json"):
+        code, err, repo = bad_publish(tmp_path, source, sample, capsys)
+        assert code == 2, (source, err)
+        assert source.name in err, err
+        assert "nothing was published" in err
+        assert not (repo / "m").exists()
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.publish import data, parity
+from runtime.publish import boosted, data, parity, sources
 from runtime.publish.errors import BadInput, ParityFailed
 
 
@@ -93,3 +93,50 @@ def test_a_pickled_object_array_is_refused(tmp_path: Path) -> None:
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(BadInput, match="cannot be read"):
         data.read_rows(path, "sample")
+
+
+def small_rows(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    x = np.random.default_rng(seed).normal(size=(60, 4)).astype(np.float32)
+    return x, (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+
+
+def test_an_unfitted_xgboost_model_is_bad_input() -> None:
+    import xgboost
+
+    x, _ = small_rows()
+    with pytest.raises(BadInput, match="not fitted"):
+        sources.prepare(xgboost.XGBClassifier(), x, "input")
+
+
+def test_an_xgboost_objective_without_a_served_form_is_bad_input() -> None:
+    import xgboost
+
+    x, y = small_rows()
+    ranker = xgboost.train({"objective": "rank:pairwise"}, xgboost.DMatrix(x, y), 2)
+    with pytest.raises(BadInput, match="objective 'rank:pairwise'"):
+        sources.prepare(ranker, x, "input")
+
+
+def test_a_boosted_model_checks_the_sample_width() -> None:
+    import lightgbm
+
+    x, y = small_rows()
+    model = lightgbm.LGBMClassifier(n_estimators=3, min_child_samples=5, verbose=-1).fit(x, y)
+    with pytest.raises(BadInput, match="expects 4 features"):
+        sources.prepare(model, x[:, :3], "input")
+
+
+def test_a_converted_regressor_answers_prediction_one_row_each() -> None:
+    import xgboost
+
+    x, y = small_rows()
+    model = xgboost.XGBRegressor(n_estimators=3).fit(x, y.astype(np.float32))
+    source = sources.prepare(model, x, "features")
+    assert source.kind == "regressor"
+    assert [o.name for o in source.model.graph.output] == ["prediction"]
+    assert [i.name for i in source.model.graph.input] == ["features"]
+    assert source.opset == boosted.ONNXMLTOOLS_OPSET
+    got = parity.run_onnx(source.model.SerializeToString(), x)
+    assert source.native is not None
+    result = parity.check("regressor", source.native, got, 1e-4, 1e-4, len(x))
+    assert result.max_rel_diff <= 1e-4
