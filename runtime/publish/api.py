@@ -21,7 +21,8 @@ from numpy.typing import NDArray
 
 from runtime.monitoring import profile
 from runtime.publish import data, files, parity, sources
-from runtime.publish.errors import BadInput, PublishStopped
+from runtime.publish import fallback as _fallback
+from runtime.publish.errors import BadInput, ConversionImpossible, PublishStopped
 from runtime.training import publish as versioning
 from runtime.training import record as runs
 
@@ -48,6 +49,8 @@ class PublishRecord:
     classes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     card: dict[str, Any] = field(default_factory=dict)
+    # Why the model is served as a Python model (the converter's message); empty otherwise.
+    fallback: str = ""
     started_at: str = field(default_factory=runs.utc_now)
     finished_at: str = ""
     record_path: str = ""
@@ -92,15 +95,22 @@ def publish(
     rtol: float = parity.DEFAULT_RTOL,
     command: str = "",
     source_file: str = "",
+    fallback: str = "python",
 ) -> PublishRecord:
     """Publish model (a fitted scikit-learn estimator or Pipeline, a fitted XGBoost or
-    LightGBM classifier, regressor or Booster, or an onnx.ModelProto) as the next version of
-    `<repository>/<name>` and return the run's record.
+    LightGBM classifier, regressor or Booster, a PyTorch nn.Module or torch.export program, or
+    an onnx.ModelProto) as the next version of `<repository>/<name>` and return the run's
+    record. For a PyTorch module the sample's first rows are the export's example input.
+
+    A scikit-learn model skl2onnx cannot convert (a custom transformer, say) is published as
+    a Python model with fallback="python" (the default); fallback="none" raises
+    ConversionImpossible (exit status 1) instead.
 
     Raises BadInput (exit status 2) for inputs that do not fit, ParityFailed (exit status 1)
     when ONNX Runtime and the native model disagree on the sample; nothing is published then.
     """
     _check_name(name)
+    _fallback.check_choice(fallback)
     if max_batch_size < 1:
         raise BadInput(f"max_batch_size: expected a positive integer, got {max_batch_size}")
     repo = Path(repository)
@@ -114,7 +124,15 @@ def publish(
             f"expected {width} as in the sample"
         )
     origin = f"sample '{sample_rows.origin}'"
-    source = sources.prepare(model, sample_rows.rows, input_name, origin)
+    try:
+        source = sources.prepare(model, sample_rows.rows, input_name, origin)
+    except ConversionImpossible as exc:
+        if fallback != "python":
+            raise
+        source = sources.python_fallback(
+            model, sample_rows.rows, input_name, str(exc).removeprefix("source: "), source_file
+        )
+        record.fallback = source.python.reason if source.python else ""
     classes = _classes(source, labels)
     try:
         _gate_and_publish(record, source, classes, sample_rows, reference_rows, max_batch_size,
@@ -171,37 +189,62 @@ def _gate_and_publish(
     rtol: float,
     source_file: str,
 ) -> None:
-    model_bytes = source.model.SerializeToString()
     rows = len(sample.rows)
-    got = parity.run_onnx(model_bytes, sample.rows)
-    record.kind, record.outputs = source.kind, list(got)
     record.input_name = _input_name(source.model)
+    python = source.python
+    model_bytes = b"" if python else source.model.SerializeToString()
+    writers: dict[str, Any]
+    if python is None:
+        got = parity.run_onnx(model_bytes, sample.rows)
+        checked = parity.check(source.kind, source.native, got, atol, rtol, rows)
+        writers = {files.MODEL_FILENAME: lambda path: _write(path, model_bytes)}
+    else:
+        # The generated code itself, run here on the sample, against the native model.
+        got = _fallback.run_generated(python, sample.rows, record.input_name)
+        checked = _fallback.check(source.native or {}, got, atol, rtol, rows)
+        writers = {
+            _fallback.CODE_FILENAME: lambda path: _write(path, python.code),
+            _fallback.JOBLIB_FILENAME: lambda path: _write(path, python.joblib),
+        }
+    record.kind, record.outputs = source.kind, list(got)
     record.features, record.classes = sample.rows.shape[1], classes
-    record.parity = parity.check(source.kind, source.native, got, atol, rtol, rows).as_dict()
+    record.parity = checked.as_dict()
     labelled = files.label_output(source.model, len(classes)) if classes else ""
-    scores = parity.run_onnx(model_bytes, reference.rows)[labelled] if labelled else None
+    scores = _scores(source, model_bytes, reference.rows, labelled) if labelled else None
     drift = files.drift_profile(reference.rows, record.input_name, scores, labelled)
     record.card = _card(record, source, sample, reference, max_batch_size, source_file)
     card = files.card_bytes(record.card)
     published = versioning.publish(
         Path(record.repository) / record.model,
-        files.model_files(record.model, source.model, max_batch_size, classes),
+        files.model_files(record.model, source.model, max_batch_size, classes, python is not None),
         {
-            files.MODEL_FILENAME: lambda path: _write(path, model_bytes),
+            **writers,
             profile.FILENAME: lambda path: profile.save(drift, path),
             files.CARD_FILENAME: lambda path: _write(path, card),
         },
     )
     record.version, record.version_dir = published.version, str(published.path)
     model_dir = published.path.parent
+    model_file = _fallback.CODE_FILENAME if python else files.MODEL_FILENAME
     record.paths = {
-        "model": str(published.path / files.MODEL_FILENAME),
+        "model": str(published.path / model_file),
         "config": str(model_dir / "config.pbtxt"),
         "drift_profile": str(published.path / profile.FILENAME),
         "card": str(published.path / files.CARD_FILENAME),
     }
     if labelled:
         record.paths["labels"] = str(model_dir / "labels.txt")
+    if python:
+        record.paths["native_model"] = str(published.path / _fallback.JOBLIB_FILENAME)
+
+
+def _scores(
+    source: sources.Source, model_bytes: bytes, rows: NDArray[np.float32], labelled: str
+) -> NDArray[Any]:
+    """The class scores on rows, from the served graph or, for the fallback, its code."""
+    if source.python is not None:
+        return _fallback.run_generated(source.python, rows, _input_name(source.model))[labelled]
+    return parity.run_onnx(model_bytes, rows)[labelled]
 
 
 def _write(path: Path, content: bytes) -> None:
@@ -249,6 +292,15 @@ def _card(
             "max_batch_size": max_batch_size,
             "max_queue_delay_microseconds": files.MAX_QUEUE_DELAY_US,
         },
+        "fallback": (
+            {
+                "backend": "python",
+                "reason": record.fallback,
+                "files": [_fallback.CODE_FILENAME, _fallback.JOBLIB_FILENAME],
+            }
+            if record.fallback
+            else None
+        ),
         "command": record.command,
         "libraries": files.library_versions(),
         "created_at": runs.utc_now(),

@@ -8,15 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from runtime.publish import api, files, parity, sources
+from runtime.publish import api, fallback, files, parity, sources
 from runtime.publish.errors import BadInput, PublishStopped
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "publish",
-        help="publish your own model (ONNX, scikit-learn, XGBoost, LightGBM) as the next version "
-        "in a repository",
+        help="publish your own model (ONNX, scikit-learn, XGBoost, LightGBM, PyTorch) as the "
+        "next version in a repository",
         description="Publish a model as the next version of REPOSITORY/NAME after a parity "
         f"check on the sample. Sources: {sources.describe_kinds()}. Pickle and joblib files "
         "run code when loaded: publish only files you trust.",
@@ -31,6 +31,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--input-name", default="input", help="input tensor name of a converted model")
     p.add_argument("--atol", type=float, default=parity.DEFAULT_ATOL, help="probabilities, abs")
     p.add_argument("--rtol", type=float, default=parity.DEFAULT_RTOL, help="regression, relative")
+    p.add_argument(
+        "--fallback",
+        choices=fallback.CHOICES,
+        default="python",
+        help="a scikit-learn model skl2onnx cannot convert: publish it as a Python model "
+        "(python, the default) or stop with exit status 1 (none)",
+    )
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
@@ -44,11 +51,14 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
             reference=args.reference, labels=labels, max_batch_size=args.max_batch_size,
             input_name=args.input_name, atol=args.atol, rtol=args.rtol,
             command=shlex.join(["conveyor", *words]), source_file=str(args.source),
+            fallback=args.fallback,
         )  # fmt: skip
     except PublishStopped as exc:
         print(f"conveyor publish: {exc}", file=sys.stderr)
         print("conveyor publish: nothing was published", file=sys.stderr)
         return exc.exit_code
+    if record.fallback:
+        print(fallback_notice(record), file=sys.stderr)
     print(summary(record))
     print(usage(record))
     return 0
@@ -63,6 +73,18 @@ def _labels(path: Path) -> list[str]:
     if not names:
         raise BadInput(f"labels '{path}': expected one class name a line, found none")
     return names
+
+
+def fallback_notice(record: api.PublishRecord) -> str:
+    """What the fallback did, and what the server then needs."""
+    reason = record.fallback.strip().splitlines()[0] if record.fallback.strip() else ""
+    return (
+        f"conveyor publish: {reason}\n"
+        "conveyor publish: fallback python: published the native model as a Python model "
+        f"({fallback.CODE_FILENAME} loading {fallback.JOBLIB_FILENAME}) instead of ONNX.\n"
+        "conveyor publish: the server unpickles it: the modules its classes come from (custom "
+        "transformers, say) must be importable in the server's environment (PYTHONPATH)."
+    )
 
 
 def summary(record: api.PublishRecord) -> str:

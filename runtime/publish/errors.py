@@ -15,6 +15,13 @@ class BadInput(PublishStopped):
     exit_code = 2
 
 
+class ConversionImpossible(PublishStopped):
+    """The converter does not know the model (a custom transformer, say), and no fallback was
+    allowed."""
+
+    exit_code = 1
+
+
 class ParityFailed(PublishStopped):
     """ONNX Runtime and the native model disagree on the sample beyond the tolerances."""
 

@@ -28,7 +28,7 @@ DEFAULT_MAX_BATCH_SIZE = 64
 # Distributions whose versions decide what the published graph is and how it was checked.
 LIBRARIES = (
     "onnx", "onnxruntime", "numpy", "scikit-learn", "skl2onnx", "onnxmltools", "xgboost",
-    "xgboost-cpu", "lightgbm",
+    "xgboost-cpu", "lightgbm", "torch", "onnxscript",
 )  # fmt: skip
 
 
@@ -50,9 +50,16 @@ def label_output(model: onnx.ModelProto, classes: int) -> str:
     return names[0] if names else ""
 
 
-def config_text(name: str, model: onnx.ModelProto, max_batch_size: int, labelled: str = "") -> str:
-    """config.pbtxt for the graph: its tensors, dynamic batching, one CPU instance."""
-    config = pb.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+def config_text(
+    name: str, model: onnx.ModelProto, max_batch_size: int, labelled: str = "", python: bool = False
+) -> str:
+    """config.pbtxt for the graph: its tensors, dynamic batching, one CPU instance; with
+    python, for a Python model with the graph's tensors."""
+    config = pb.ModelConfig(name=name, max_batch_size=max_batch_size)
+    if python:
+        config.backend = "python"
+    else:
+        config.platform = "onnxruntime_onnx"
     weights = {t.name for t in model.graph.initializer}
     for tensor, datatype, dims in _tensor_specs(
         [i for i in model.graph.input if i.name not in weights]
@@ -64,18 +71,25 @@ def config_text(name: str, model: onnx.ModelProto, max_batch_size: int, labelled
             output.label_filename = manifest.LABELS_FILENAME
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)
-    # A small tabular model gains nothing from more intra-op threads; they contend with batches.
-    config.parameters["intra_op_thread_count"].string_value = "1"
+    if not python:
+        # A small tabular model gains nothing from more intra-op threads; they contend with
+        # batches.
+        config.parameters["intra_op_thread_count"].string_value = "1"
     text: str = text_format.MessageToString(config)
     return text
 
 
 def model_files(
-    name: str, model: onnx.ModelProto, max_batch_size: int, classes: Sequence[str]
+    name: str,
+    model: onnx.ModelProto,
+    max_batch_size: int,
+    classes: Sequence[str],
+    python: bool = False,
 ) -> dict[str, bytes]:
     """The model-level files: config.pbtxt, and labels.txt when there are class names."""
     labelled = label_output(model, len(classes)) if classes else ""
-    files = {manifest.CONFIG_FILENAME: config_text(name, model, max_batch_size, labelled).encode()}
+    config = config_text(name, model, max_batch_size, labelled, python)
+    files = {manifest.CONFIG_FILENAME: config.encode()}
     if labelled:
         files[manifest.LABELS_FILENAME] = manifest.labels_text(classes).encode()
     return files

@@ -1,8 +1,9 @@
 """The parity gate: ONNX Runtime on the exported graph against the native model, on the sample.
 
-Classifiers: identical labels and probabilities within `atol` (absolute). Regressors: each
-value within `rtol` of the native one (relative), or within `atol` where the native value is
-so close to zero that a relative bound means nothing. A failure names the worst rows.
+Classifiers: identical labels and probabilities within `atol` (absolute). Regressors, and a
+PyTorch module's `output`: each value within `rtol` of the native one (relative), or within
+`atol` where the native value is so close to zero that a relative bound means nothing. A
+failure names the worst rows.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def check(
         return Parity(rows, atol, rtol, compared="ONNX Runtime ran the sample (no native model)")
     if kind == "classifier":
         return _classifier(native, got, atol, rtol, rows)
-    return _regressor(native, got, atol, rtol, rows)
+    # A PyTorch module's `output` is compared as a regressor's `prediction` is.
+    return _regressor(native, got, atol, rtol, rows, "output" if kind == "module" else "prediction")
 
 
 def _classifier(native: Outputs, got: Outputs, atol: float, rtol: float, rows: int) -> Parity:
@@ -88,8 +90,10 @@ def _classifier(native: Outputs, got: Outputs, atol: float, rtol: float, rows: i
     return parity
 
 
-def _regressor(native: Outputs, got: Outputs, atol: float, rtol: float, rows: int) -> Parity:
-    want, have = _pair(native, got, "prediction")
+def _regressor(
+    native: Outputs, got: Outputs, atol: float, rtol: float, rows: int, name: str = "prediction"
+) -> Parity:
+    want, have = _pair(native, got, name)
     want, have = want.reshape(rows, -1).astype(np.float64), have.reshape(rows, -1)
     abs_diff = np.abs(have - want)
     # Relative to the native value, or to atol / rtol below it, where the absolute floor rules.
@@ -103,7 +107,7 @@ def _regressor(native: Outputs, got: Outputs, atol: float, rtol: float, rows: in
             f"parity: ONNX Runtime and the native model differ on {int(bad.sum())} of {rows} "
             f"sample rows (max relative {parity.max_rel_diff:.3g}, tolerance {rtol:g}; "
             f"max absolute {parity.max_abs_diff:.3g}, tolerance {atol:g})\n"
-            + worst_rows(rel_diff.max(axis=1), want[:, 0], have[:, 0], "prediction")
+            + worst_rows(rel_diff.max(axis=1), want[:, 0], have[:, 0], name)
         )
     return parity
 

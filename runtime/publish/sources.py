@@ -1,8 +1,9 @@
 """Sources: what a publish starts from, loaded from a file or taken live, and made ONNX.
 
 Supported: an ONNX model (published as is), a fitted scikit-learn estimator or Pipeline
-(converted with skl2onnx), and XGBoost and LightGBM models (converted with onnxmltools, see
-runtime.publish.boosted). The training libraries and converters are imported only when a
+(converted with skl2onnx), XGBoost and LightGBM models (converted with onnxmltools, see
+runtime.publish.boosted), and PyTorch modules and programs (torch.onnx, see
+runtime.publish.pytorch). The training libraries and converters are imported only when a
 source needs them, so the CLI and the server never load them otherwise.
 """
 
@@ -18,8 +19,8 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 
-from runtime.publish import boosted
-from runtime.publish.errors import BadInput
+from runtime.publish import boosted, fallback, pytorch
+from runtime.publish.errors import BadInput, ConversionImpossible
 
 # File kinds by extension, as the error for an unknown one lists them.
 KINDS = {
@@ -29,6 +30,8 @@ KINDS = {
     ".json": "XGBoost model saved with save_model",
     ".ubj": "XGBoost model saved with save_model",
     ".txt": "LightGBM booster saved with save_model",
+    ".pt2": "PyTorch program saved with torch.export.save",
+    ".pt": "TorchScript module saved with torch.jit.save",
 }
 # The main opset of converted graphs: one every supported ONNX Runtime runs.
 TARGET_OPSET = 17
@@ -41,7 +44,8 @@ class Source:
     """A model made ONNX, with what the parity gate and the files need to know about it."""
 
     model: onnx.ModelProto
-    # classifier, regressor, or onnx (a graph published as is: no native model to compare).
+    # classifier, regressor, module (a PyTorch module: `output` compared as a regression), or
+    # onnx (a graph published as is: no native model to compare).
     kind: str
     library: str
     library_version: str
@@ -50,6 +54,9 @@ class Source:
     classes: list[str] = field(default_factory=list)
     # The native model's answers on the sample, by ONNX output name; None for an ONNX source.
     native: Outputs | None = None
+    # Set when the model is served as a Python model (the fallback); `model` then holds only
+    # the tensors' signature.
+    python: fallback.PythonModel | None = None
 
     @property
     def opset(self) -> int:
@@ -80,6 +87,10 @@ def load_file(path: Path) -> Any:
             return boosted.load_xgboost(path)
         if suffix == ".txt":
             return boosted.load_lightgbm(path)
+        if suffix == ".pt2":
+            return pytorch.load_program(path)
+        if suffix == ".pt":
+            return pytorch.load_torchscript(path)
         if suffix == ".joblib":
             import joblib
 
@@ -104,11 +115,14 @@ def prepare(
         return from_boosted(obj, sample, input_name, origin)
     if _is_sklearn(obj):
         return from_sklearn(obj, sample, input_name, origin)
+    if pytorch.is_torch(obj):
+        return from_torch(obj, sample, input_name, origin)
     raise BadInput(
         f"source: a {type(obj).__module__}.{type(obj).__qualname__} cannot be published; "
         "supported: an onnx.ModelProto, a fitted scikit-learn estimator or Pipeline, a fitted "
-        "xgboost.XGBClassifier/XGBRegressor or Booster, or a fitted "
-        "lightgbm.LGBMClassifier/LGBMRegressor or Booster"
+        "xgboost.XGBClassifier/XGBRegressor or Booster, a fitted "
+        "lightgbm.LGBMClassifier/LGBMRegressor or Booster, or a PyTorch nn.Module or "
+        "torch.export program"
     )
 
 
@@ -149,6 +163,21 @@ def from_boosted(
     return Source(graph, kind, library, version, boosted.converter(), classes, native)
 
 
+def from_torch(
+    obj: Any, sample: NDArray[np.float32], input_name: str, origin: str = "sample"
+) -> Source:
+    """A PyTorch module or program exported with torch.onnx, with its answers on sample."""
+    if pytorch.is_program(obj):
+        # A program's shapes are fixed already: a static batch is named before it fails to run.
+        model, converter = pytorch.to_onnx(obj, sample, input_name)
+        native = {pytorch.OUTPUT_NAME: pytorch.native_output(obj, sample, origin)}
+    else:
+        # A module that cannot run on the sample's width is named as such, not as an export.
+        native = {pytorch.OUTPUT_NAME: pytorch.native_output(obj, sample, origin)}
+        model, converter = pytorch.to_onnx(obj, sample, input_name)
+    return Source(model, "module", "torch", pytorch.version(), converter, native=native)
+
+
 def from_sklearn(
     estimator: Any, sample: NDArray[np.float32], input_name: str, origin: str = "sample"
 ) -> Source:
@@ -187,9 +216,35 @@ def _convert(estimator: Any, features: int, input_name: str, **kw: Any) -> onnx.
             target_opset=TARGET_OPSET,
             **kw,
         )
-    except RuntimeError as exc:  # skl2onnx's MissingConverter / MissingShapeCalculator
-        raise BadInput(f"source: skl2onnx cannot convert this model: {exc}") from None
+    except (RuntimeError, NotImplementedError) as exc:  # MissingConverter, MissingShapeCalculator
+        raise ConversionImpossible(f"source: skl2onnx cannot convert this model: {exc}") from None
     return model
+
+
+def python_fallback(
+    estimator: Any,
+    sample: NDArray[np.float32],
+    input_name: str,
+    reason: str,
+    source_file: str = "",
+) -> Source:
+    """A scikit-learn model skl2onnx cannot convert, as a Python model (see fallback)."""
+    from sklearn.base import is_classifier
+
+    kind = "classifier" if is_classifier(estimator) else "regressor"
+    native = fallback.native_outputs(estimator, sample, kind)
+    python = fallback.build(estimator, kind, input_name, reason, source_file)
+    classes = [str(c) for c in np.asarray(estimator.classes_)] if kind == "classifier" else []
+    return Source(
+        fallback.signature(input_name, sample.shape[1], native),
+        kind,
+        "scikit-learn",
+        metadata.version("scikit-learn"),
+        fallback.converter(),
+        classes=classes,
+        native=native,
+        python=python,
+    )
 
 
 def _classifier(estimator: Any, sample: NDArray[np.float32], input_name: str) -> Source:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import lightgbm
 import numpy as np
 import onnx
 import pytest
+import torch
 import xgboost
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -143,9 +145,116 @@ def boosted(published: Published) -> Boosted:
     return Boosted(xgb_bc, lgb_diabetes, lightgbm.Booster(model_file=work / "lgb_bc.txt"))
 
 
+@dataclass(frozen=True, slots=True)
+class Torch:
+    program: Any  # the module behind mlp_pt2, saved with torch.export.save, published by the CLI
+    module: Any  # nn.Module published through conveyor.publish as mlp_api
+
+
+def mlp(features: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(features, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    ).eval()
+
+
+def torch_answer(module: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        out: np.ndarray = module(torch.from_numpy(rows)).numpy()
+    return out
+
+
 @pytest.fixture(scope="module")
-def server(published: Published, onnx_published: Path, boosted: Boosted) -> Iterator[ServerProcess]:
-    with running_server(published.repo) as srv:
+def torch_published(published: Published) -> Torch:
+    """Two seeded MLPs on breast-cancer rows: one saved as a .pt2 program and published
+    through the CLI, one published live through conveyor.publish."""
+    work, repo, x = published.work, published.repo, published.bc_x
+    saved = mlp(x.shape[1], 0)
+    program = torch.export.export(
+        saved, (torch.from_numpy(x[:4]),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    torch.export.save(program, work / "mlp.pt2")
+    code = cli.main(
+        ["publish", str(work / "mlp.pt2"), "--repository", str(repo), "--name", "mlp_pt2",
+         "--sample", str(work / "bc_reference.npy")]
+    )  # fmt: skip
+    assert code == 0
+    live = mlp(x.shape[1], 1)
+    conveyor.publish(live, x[:100], repository=repo, name="mlp_api")
+    return Torch(saved, live)
+
+
+CUSTOM_TRANSFORMER = """\
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class SignedLog(BaseEstimator, TransformerMixin):
+    \"\"\"A transformer skl2onnx has no converter for.\"\"\"
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.sign(X) * np.log1p(np.abs(X))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    classifier: Any  # Pipeline with the custom transformer, published through the CLI
+    regressor: Any  # the same with Ridge, published through conveyor.publish
+    env: dict[str, str]  # PYTHONPATH with the transformer's folder, for the server too
+    stderr: str  # what the CLI said
+
+
+def with_path(folder: Path) -> dict[str, str]:
+    paths = [str(folder), *filter(None, [os.environ.get("PYTHONPATH", "")])]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
+
+
+@pytest.fixture(scope="module")
+def fallback(published: Published) -> Iterator[Fallback]:
+    """Pipelines with a transformer from a module of their own, which skl2onnx cannot
+    convert: published as Python models. The module lives in a folder on PYTHONPATH, for the
+    publishing process and (through env) for the server."""
+    work, repo = published.work, published.repo
+    folder = work / "custom"
+    folder.mkdir()
+    (folder / "custom_transformers.py").write_text(CUSTOM_TRANSFORMER)
+    env = with_path(folder)
+    sys.path.insert(0, str(folder))
+    try:
+        from custom_transformers import SignedLog  # type: ignore[import-not-found]
+
+        bc_y = load_breast_cancer().target
+        clf = Pipeline([("log", SignedLog()), ("clf", LogisticRegression(max_iter=1000))])
+        clf.fit(published.bc_x, bc_y)
+        joblib.dump(clf, work / "custom_bc.joblib")
+        done = subprocess.run(
+            [sys.executable, "-m", "runtime", "publish", str(work / "custom_bc.joblib"),
+             "--repository", str(repo), "--name", "custom_bc", "--sample", str(work / "bc.csv"),
+             "--labels", str(work / "bc_labels.txt")],
+            capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env}, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        d_y = load_diabetes().target
+        reg = Pipeline([("log", SignedLog()), ("ridge", Ridge())]).fit(published.diabetes_x, d_y)
+        conveyor.publish(reg, published.diabetes_x[:100], repository=repo, name="custom_reg")
+        yield Fallback(clf, reg, env, done.stderr)
+    finally:
+        sys.path.remove(str(folder))
+
+
+@pytest.fixture(scope="module")
+def server(
+    published: Published,
+    onnx_published: Path,
+    boosted: Boosted,
+    torch_published: Torch,
+    fallback: Fallback,
+) -> Iterator[ServerProcess]:
+    with running_server(published.repo, env=fallback.env) as srv:
         yield srv
 
 
@@ -274,6 +383,149 @@ def test_corrupt_boosted_files_exit_2_and_publish_nothing(
         assert source.name in err, err
         assert "nothing was published" in err
         assert not (repo / "m").exists()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_pytorch_models_answer_as_the_modules(
+    server: ServerProcess, published: Published, torch_published: Torch, protocol: str
+) -> None:
+    x = published.bc_x
+    for name, module in (("mlp_pt2", torch_published.program), ("mlp_api", torch_published.module)):
+        served = infer(server, protocol, name, x, ("output",))
+        assert served["output"].shape == (len(x), 3)
+        np.testing.assert_allclose(served["output"], torch_answer(module, x), rtol=1e-4, atol=1e-4)
+
+
+def test_pytorch_cards_name_torch_and_the_dynamo_exporter(
+    published: Published, torch_published: Torch
+) -> None:
+    for name in ("mlp_pt2", "mlp_api"):
+        version = published.repo / name / "1"
+        card = json.loads((version / "model_card.json").read_text())
+        assert card["source"]["library"] == "torch"
+        assert card["source"]["library_version"] == torch.__version__
+        assert card["converter"] == "torch.onnx (dynamo)"
+        assert card["opset"] == 18
+        assert card["outputs"] == ["output"]
+        assert card["parity"]["max_rel_diff"] <= 1e-4
+        assert not (published.repo / name / "labels.txt").exists()
+        config = (published.repo / name / "config.pbtxt").read_text()
+        assert 'name: "output"' in config
+        assert "dims: 3" in config
+
+
+def test_a_corrupt_pytorch_file_exits_2_naming_it(
+    published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = published.work / "bc_reference.npy"
+    for name in ("broken.pt2", "broken.pt"):
+        source = tmp_path / name
+        source.write_bytes(b"not a torch file")
+        code, err, repo = bad_publish(tmp_path, source, sample, capsys)
+        assert code == 2, err
+        assert name in err, err
+        assert not (repo / "m").exists()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_python_fallback_models_answer_as_the_native_ones(
+    server: ServerProcess, published: Published, fallback: Fallback, protocol: str
+) -> None:
+    x = published.bc_x
+    served = infer(server, protocol, "custom_bc", x, CLASSIFIER_OUTPUTS)
+    np.testing.assert_array_equal(served["label"], fallback.classifier.predict(x))
+    np.testing.assert_allclose(
+        served["probabilities"], fallback.classifier.predict_proba(x), rtol=0, atol=1e-6
+    )
+    names = top_class(server, protocol, "custom_bc", x[:16])
+    assert names == [BREAST_CANCER_NAMES[i] for i in fallback.classifier.predict(x[:16])]
+    x = published.diabetes_x
+    served = infer(server, protocol, "custom_reg", x, ("prediction",))
+    assert served["prediction"].shape == (len(x), 1)
+    np.testing.assert_allclose(
+        served["prediction"][:, 0], fallback.regressor.predict(x), rtol=1e-6, atol=0
+    )
+
+
+def test_the_fallback_is_said_on_the_terminal_and_in_the_card(
+    published: Published, fallback: Fallback
+) -> None:
+    assert "fallback python" in fallback.stderr
+    assert "Unable to find a shape calculator" in fallback.stderr
+    assert "importable in the server's environment" in fallback.stderr
+    version = published.repo / "custom_bc" / "1"
+    assert sorted(p.name for p in version.iterdir()) == [
+        "drift_profile.npz", "model.joblib", "model.py", "model_card.json",
+    ]  # fmt: skip
+    assert (version / "model.joblib").read_bytes() == (
+        published.work / "custom_bc.joblib"
+    ).read_bytes()
+    config = (published.repo / "custom_bc" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config
+    assert "max_queue_delay_microseconds: 500" in config
+    assert (published.repo / "custom_bc" / "labels.txt").read_text().split() == (
+        BREAST_CANCER_NAMES
+    )
+    card = json.loads((version / "model_card.json").read_text())
+    assert card["fallback"]["backend"] == "python"
+    assert "SignedLog" in card["fallback"]["reason"]
+    assert card["converter"].startswith("none (fallback python")
+    assert card["parity"]["label_mismatches"] == 0
+    assert card["parity"]["max_abs_diff"] == 0
+    assert "Python model" in card["parity"]["compared"]
+    regressor = json.loads((published.repo / "custom_reg" / "1" / "model_card.json").read_text())
+    assert regressor["fallback"]["backend"] == "python"
+    assert regressor["source"]["kind"] == "regressor"
+
+
+def test_fallback_none_exits_1_with_the_converters_message(
+    published: Published, fallback: Fallback, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "publish", str(published.work / "custom_bc.joblib"),
+         "--repository", str(repo), "--name", "m", "--sample", str(published.work / "bc.csv"),
+         "--fallback", "none"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **fallback.env},
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "skl2onnx cannot convert this model" in done.stderr
+    assert "SignedLog" in done.stderr
+    assert "nothing was published" in done.stderr
+    assert not (repo / "m").exists()
+    with pytest.raises(conveyor.PublishStopped, match="skl2onnx cannot convert") as caught:
+        conveyor.publish(
+            fallback.regressor, published.diabetes_x, repository=repo, name="m", fallback="none"
+        )
+    assert caught.value.exit_code == 1
+    assert not (repo / "m").exists()
+
+
+def test_a_torchscript_module_and_a_static_program(
+    published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, sample = published.bc_x, published.work / "bc_reference.npy"
+    module = mlp(x.shape[1], 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
+        torch.jit.save(torch.jit.script(module), tmp_path / "mlp.pt")
+    repo = tmp_path / "repo"
+    code = cli.main(
+        ["publish", str(tmp_path / "mlp.pt"), "--repository", str(repo), "--name", "ts",
+         "--sample", str(sample)]
+    )  # fmt: skip
+    assert code == 0
+    card = json.loads((repo / "ts" / "1" / "model_card.json").read_text())
+    assert card["converter"] == "torch.onnx (TorchScript)"
+    assert card["parity"]["max_rel_diff"] <= 1e-4
+    # A program exported with a fixed batch cannot serve batches: exit 2, saying why.
+    static = torch.export.export(module, (torch.from_numpy(x[:4]),))
+    torch.export.save(static, tmp_path / "static.pt2")
+    code, err, bad_repo = bad_publish(tmp_path, tmp_path / "static.pt2", sample, capsys)
+    assert code == 2, err
+    assert "fixed batch size" in err
+    assert not (bad_repo / "m").exists()
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

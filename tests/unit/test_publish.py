@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.publish import boosted, data, parity, sources
+from runtime.publish import boosted, data, fallback, files, parity, sources
 from runtime.publish.errors import BadInput, ParityFailed
 
 
@@ -140,3 +140,28 @@ def test_a_converted_regressor_answers_prediction_one_row_each() -> None:
     assert source.native is not None
     result = parity.check("regressor", source.native, got, 1e-4, 1e-4, len(x))
     assert result.max_rel_diff <= 1e-4
+
+
+def test_the_fallback_gate_wants_identical_answers() -> None:
+    native = classifier_outputs(10)
+    same = {k: v.copy() for k, v in native.items()}
+    result = fallback.check(native, same, 1e-4, 1e-4, 10)
+    assert result.max_abs_diff == 0.0
+    assert "Python model" in result.compared
+    same["probabilities"][4, 1] += 1e-7
+    with pytest.raises(ParityFailed, match="differ on 1 sample answers"):
+        fallback.check(native, same, 1e-4, 1e-4, 10)
+    with pytest.raises(BadInput, match="fallback 'onnx'"):
+        fallback.check_choice("onnx")
+
+
+def test_a_python_model_config_has_the_signatures_tensors() -> None:
+    outputs = classifier_outputs(4)
+    model = fallback.signature("input", 7, outputs)
+    text = files.config_text("m", model, 16, files.label_output(model, 3), python=True)
+    assert 'backend: "python"' in text
+    assert "platform" not in text
+    assert "intra_op_thread_count" not in text
+    assert 'label_filename: "labels.txt"' in text
+    assert "dims: 7" in text
+    assert "dims: 3" in text
