@@ -1,4 +1,5 @@
-"""Rows of features read from `.npy` or `.csv`: the sample and the reference of a publish."""
+"""Rows of features read from `.npy`, `.csv` or `.parquet`: the sample and the reference of a
+publish."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ from numpy.typing import NDArray
 
 from runtime.publish.errors import BadInput
 
-FORMATS = (".npy", ".csv")
+FORMATS = (".npy", ".csv", ".parquet")
 
 
 def read_rows(path: Path, role: str) -> NDArray[np.float32]:
     """A [N, F] float32 array from path; BadInput names the file and what was expected."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise BadInput(f"{role} '{path}': expected a {' or '.join(FORMATS)} file of feature rows")
+        raise BadInput(f"{role} '{path}': expected a {', '.join(FORMATS)} file of feature rows")
     try:
-        rows = _read_npy(path) if suffix == ".npy" else _read_csv(path)
+        readers = {".npy": _read_npy, ".csv": _read_csv, ".parquet": _read_parquet}
+        rows = readers[suffix](path)
     except BadInput:
         raise
     except (OSError, ValueError) as exc:
@@ -46,6 +48,32 @@ def _read_npy(path: Path) -> NDArray[np.float32]:
     if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
         raise BadInput(f"sample '{path}': expected a numeric array, got {array.dtype}")
     return array.astype(np.float32)
+
+
+def _read_parquet(path: Path) -> NDArray[np.float32]:
+    """Every column, in order, as a feature; a column that is not numeric is named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        kind = field.type
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+        if not (numeric or pa.types.is_boolean(kind)):
+            raise BadInput(
+                f"sample '{path}': column '{field.name}' is {kind}; expected numeric feature "
+                "columns only"
+            )
+        if column.null_count:
+            raise BadInput(f"sample '{path}': column '{field.name}' has {column.null_count} nulls")
+        columns.append(column.to_numpy().astype(np.float32))
+    if not columns:
+        raise BadInput(f"sample '{path}': no columns")
+    return np.column_stack(columns)
 
 
 def _read_csv(path: Path) -> NDArray[np.float32]:

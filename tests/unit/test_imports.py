@@ -72,7 +72,7 @@ def test_only_protocol_server_and_metrics_import_web_packages(path: Path) -> Non
 # The training and publishing libraries: only runtime/training and runtime/publish may import
 # them, so the server never loads them (and the server's image needs none of them).
 TRAINING_PACKAGES = frozenset(
-    {"torch", "sklearn", "onnxscript", "skl2onnx", "xgboost", "lightgbm", "onnxmltools"}
+    {"torch", "sklearn", "onnxscript", "skl2onnx", "xgboost", "lightgbm", "onnxmltools", "pyarrow"}
 )
 MAY_IMPORT_TRAINING = ("runtime/training/", "runtime/publish/")
 

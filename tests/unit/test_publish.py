@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,8 @@ def test_a_csv_sample_may_have_a_header_row(tmp_path: Path) -> None:
         ("rows.csv", "1,2\n3\n", "different numbers of columns"),
         ("rows.csv", "a,b\n", "expected rows"),
         ("rows.npy", "not numpy", "cannot be read"),
-        ("rows.parquet", "", "expected a .npy or .csv"),
+        ("rows.parquet", "not parquet", "cannot be read as .parquet"),
+        ("rows.feather", "", "expected a .npy, .csv, .parquet"),
     ],
 )
 def test_bad_sample_files_name_the_file(
@@ -86,6 +88,37 @@ def test_bad_sample_files_name_the_file(
         data.read_rows(path, "sample")
     assert str(path) in str(caught.value)
     assert caught.value.exit_code == 2
+
+
+def test_a_parquet_sample_gives_its_numeric_columns_in_order(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    table = pa.table({"b": [1.5, 2.5], "a": pa.array([3, 4], pa.int16()), "c": [True, False]})
+    pq.write_table(table, path)
+    rows = data.read_rows(path, "sample")
+    assert rows.dtype == np.float32
+    np.testing.assert_array_equal(rows, [[1.5, 3, 1], [2.5, 4, 0]])
+
+
+@pytest.mark.parametrize(
+    ("column", "expected"),
+    [
+        (["x", "y"], "column 'bad' is string; expected numeric feature columns only"),
+        ([1.0, None], "column 'bad' has 1 nulls"),
+    ],
+)
+def test_a_parquet_sample_with_a_column_that_is_no_feature_is_refused(
+    tmp_path: Path, column: list[object], expected: str
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"good": [1.0, 2.0], "bad": column}), path)
+    with pytest.raises(BadInput, match=re.escape(expected)):
+        data.read_rows(path, "sample")
 
 
 def test_a_pickled_object_array_is_refused(tmp_path: Path) -> None:
