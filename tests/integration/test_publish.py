@@ -288,16 +288,32 @@ def top_class(srv: ServerProcess, protocol: str, model: str, rows: np.ndarray) -
     return [(t.decode() if isinstance(t, bytes) else t).split(":")[2] for t in top[:, 0]]
 
 
+def assert_serves_like(
+    srv: ServerProcess,
+    protocol: str,
+    model: str,
+    rows: np.ndarray,
+    native: Any,
+    atol: float,
+    rtol: float = 0.0,
+) -> None:
+    """The served breast cancer classifier answers as the native one: labels, probabilities,
+    and the classification extension's class names."""
+    served = infer(srv, protocol, model, rows, CLASSIFIER_OUTPUTS)
+    np.testing.assert_array_equal(served["label"], native.predict(rows))
+    np.testing.assert_allclose(
+        served["probabilities"], native.predict_proba(rows), rtol=rtol, atol=atol
+    )
+    names = top_class(srv, protocol, model, rows[:16])
+    assert names == [BREAST_CANCER_NAMES[i] for i in native.predict(rows[:16])]
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_the_cli_published_classifier_answers_as_the_native_model(
     server: ServerProcess, published: Published, protocol: str
 ) -> None:
-    x = published.bc_x
-    served = infer(server, protocol, "bc", x, CLASSIFIER_OUTPUTS)
-    np.testing.assert_array_equal(served["label"], published.bc.predict(x))
-    np.testing.assert_allclose(served["probabilities"], published.bc.predict_proba(x), atol=1e-4)
-    names = top_class(server, protocol, "bc", x[:16])
-    assert names == [BREAST_CANCER_NAMES[i] for i in published.bc.predict(x[:16])]
+    # assert_allclose's default rtol, as before
+    assert_serves_like(server, protocol, "bc", published.bc_x, published.bc, 1e-4, 1e-7)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -314,14 +330,7 @@ def test_the_api_published_regressor_answers_as_the_native_model(
 def test_the_cli_published_xgboost_classifier_answers_as_the_native_model(
     server: ServerProcess, published: Published, boosted: Boosted, protocol: str
 ) -> None:
-    x = published.bc_x
-    served = infer(server, protocol, "xgb_bc", x, CLASSIFIER_OUTPUTS)
-    np.testing.assert_array_equal(served["label"], boosted.xgb_bc.predict(x))
-    np.testing.assert_allclose(
-        served["probabilities"], boosted.xgb_bc.predict_proba(x), rtol=0, atol=1e-4
-    )
-    names = top_class(server, protocol, "xgb_bc", x[:16])
-    assert names == [BREAST_CANCER_NAMES[i] for i in boosted.xgb_bc.predict(x[:16])]
+    assert_serves_like(server, protocol, "xgb_bc", published.bc_x, boosted.xgb_bc, 1e-4)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -431,14 +440,7 @@ def test_a_corrupt_pytorch_file_exits_2_naming_it(
 def test_the_python_fallback_models_answer_as_the_native_ones(
     server: ServerProcess, published: Published, fallback: Fallback, protocol: str
 ) -> None:
-    x = published.bc_x
-    served = infer(server, protocol, "custom_bc", x, CLASSIFIER_OUTPUTS)
-    np.testing.assert_array_equal(served["label"], fallback.classifier.predict(x))
-    np.testing.assert_allclose(
-        served["probabilities"], fallback.classifier.predict_proba(x), rtol=0, atol=1e-6
-    )
-    names = top_class(server, protocol, "custom_bc", x[:16])
-    assert names == [BREAST_CANCER_NAMES[i] for i in fallback.classifier.predict(x[:16])]
+    assert_serves_like(server, protocol, "custom_bc", published.bc_x, fallback.classifier, 1e-6)
     x = published.diabetes_x
     served = infer(server, protocol, "custom_reg", x, ("prediction",))
     assert served["prediction"].shape == (len(x), 1)
