@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install serve test unit integration lint bench perf-analyzer proto clean
+.PHONY: install serve test unit integration lint bench perf-analyzer prometheus proto clean
 
 install: $(STAMP)
 
@@ -20,19 +20,23 @@ $(STAMP): pyproject.toml
 perf-analyzer: install
 	PYTHON=$(BIN)/python bash benchmarks/install_perf_analyzer.sh
 
+# Debian's prometheus package (prometheus, promtool) for the tests; its service is not started.
+prometheus:
+	bash tests/tools/install_prometheus.sh
+
 # The first run also trains the digits MLP into the default (example) repository, a few
 # seconds, so that a newcomer sees training, export and serving in one command.
 serve: install
 	$(BIN)/conveyor train digits --if-missing
 	$(BIN)/conveyor serve $(ARGS)
 
-test: install perf-analyzer lint
+test: install perf-analyzer prometheus lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: install perf-analyzer
+integration: install perf-analyzer prometheus
 	$(BIN)/python -m pytest -q tests/integration
 
 lint: install
