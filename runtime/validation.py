@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput
-from runtime.types import InferenceRequest, InputTensor
+from runtime.types import InferenceRequest, InputTensor, RequestedOutput
 
 
 class RequestValidator:
@@ -53,8 +53,20 @@ class RequestValidator:
                 f"inputs for model '{c.name}'; missing input(s) {sorted(missing)}"
             )
         if request.outputs:
-            for out in request.outputs:
-                self._check_output(out.name, out.class_count)
+            self._check_outputs(request.outputs)
+
+    def _check_outputs(self, outputs: list[RequestedOutput]) -> None:
+        # Each name once: an output named N times would otherwise be encoded N times, a
+        # small request buying a response as large as the client likes.
+        named: set[str] = set()
+        for out in outputs:
+            self._check_output(out.name, out.class_count)
+            if out.name in named:
+                raise InvalidInput(
+                    f"output '{out.name}' appears more than once in the request; name each "
+                    "output once"
+                )
+            named.add(out.name)
 
     def _check_output(self, name: str, class_count: int) -> None:
         if name not in self.outputs:

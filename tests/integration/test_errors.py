@@ -129,6 +129,21 @@ def test_unknown_output(client: Any, protocol: str) -> None:
     assert "OUTPUT9" in message
 
 
+@pytest.mark.parametrize("times", [2, 1000])
+def test_duplicate_output(client: Any, protocol: str, times: int) -> None:
+    """An output named N times would come back N times: a small request, a huge answer."""
+    message = expect_error(
+        protocol,
+        ("INVALID_ARGUMENT",),
+        client.infer,
+        "add_sub_fp32",
+        inputs_of(protocol, add_sub_inputs()),
+        outputs=[requested_output(protocol, "OUTPUT1")] * times,
+    )
+    assert "'OUTPUT1'" in message
+    assert "more than once" in message
+
+
 def test_corrupt_model(client: Any, protocol: str) -> None:
     arrays = {"INPUT0": np.zeros((1, 4), np.float32)}
     message = expect_error(
