@@ -7,6 +7,7 @@ renders metadata, config, statistics, autoscaling signals and the repository ind
 
 from __future__ import annotations
 
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -37,6 +38,9 @@ class DataPlane:
         self.model_control_mode = model_control_mode
         self.live = True
         self.ready = False
+        # time.monotonic() when the latest inference request arrived (0.0: none yet); a
+        # stopping server waits for a quiet moment before it stops listening.
+        self.last_request_s = 0.0
 
     # -- health and metadata ------------------------------------------------------------
 
@@ -159,6 +163,7 @@ class DataPlane:
     def infer(self, request: InferenceRequest) -> Coroutine[Any, Any, InferenceResponse]:
         """Hand the request to the version it names (the latest ready one by default); the
         adapter awaits the instance's own coroutine, one frame less on every request."""
+        self.last_request_s = time.monotonic()
         model = self.registry.get(request.model_name, request.model_version)
         if not self.ready:
             model.refuse(request, Unavailable("the server is not ready"))

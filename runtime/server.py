@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,12 +26,16 @@ from runtime.monitoring.metrics import Metrics
 from runtime.poller import RepositoryPoller
 from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
 from runtime.protocol.http.app import create_app, create_metrics_app
+from runtime.protocol.http.connection import http_protocol, limit_concurrency
 from runtime.registry import Registry, Served
 
 log = logging.getLogger("runtime.server")
 
 # How often drift windows are checked for their time limit and judged.
 DRIFT_TICK_S = 1.0
+# After SIGTERM the server answers requests (refusing them: not ready) until none has
+# arrived for this long, then stops listening; at most half of --exit-timeout-secs.
+QUIET_S = 0.25
 
 
 class _UvicornServer(uvicorn.Server):
@@ -115,7 +120,9 @@ class Server:
             self.dataplane, self.config.http_max_input_size, self.config.http_restrictions
         )
         tls = (self.config.http_ssl_certfile, self.config.http_ssl_keyfile)
-        self.http_port = await self._serve_asgi(app, self.config.http_port, "HTTPService", tls)
+        self.http_port = await self._serve_asgi(
+            app, self.config.http_port, "HTTPService", tls, self.config.http_max_connections
+        )
 
     async def _start_metrics(self, metrics: Metrics) -> None:
         app = create_metrics_app(metrics)
@@ -127,14 +134,20 @@ class Server:
         port: int,
         name: str,
         tls: tuple[Path | None, Path | None] = (None, None),
+        max_connections: int = 0,
     ) -> int:
-        """Bind first (port 0 picks one), then run uvicorn on the socket in this loop."""
+        """Bind first (port 0 picks one), then run uvicorn on the socket in this loop.
+
+        Each request must arrive within --http-body-timeout-secs; with `max_connections`,
+        uvicorn answers 503 at once while more connections are open.
+        """
         sock = _bind(self.config.host, port)
         bound: int = sock.getsockname()[1]
         uv_config = uvicorn.Config(
             app,
             loop="none",
-            http="httptools",
+            http=http_protocol(self.config.http_body_timeout_s, max_connections),
+            limit_concurrency=limit_concurrency(max_connections),
             lifespan="off",
             access_log=False,
             log_config=None,
@@ -155,7 +168,11 @@ class Server:
         return bound
 
     async def _start_grpc(self) -> None:
-        self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
+        self._grpc = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            # grpc.aio answers calls past it RESOURCE_EXHAUSTED at once, before any handler.
+            maximum_concurrent_rpcs=self.config.grpc_max_concurrent_rpcs or None,
+        )
         add_to_server(self._grpc, self.dataplane, self.config.grpc_restrictions)
         address = f"{_display_host(self.config.host)}:{self.config.grpc_port}"
         if self.config.grpc_use_ssl or self.config.grpc_use_ssl_mutual:
@@ -208,11 +225,15 @@ class Server:
     async def stop(self) -> None:
         """Refuse new work, finish what was accepted, close the models."""
         self.dataplane.ready = False
-        grace = self.config.exit_timeout_s
+        deadline = time.monotonic() + self.config.exit_timeout_s
+        await self._settle(deadline - self.config.exit_timeout_s / 2)
+        grace = max(deadline - time.monotonic(), 0.0)
         waits = []
         if self._grpc is not None:
             waits.append(self._grpc.stop(grace))
         for server, task in self._uvicorns:
+            # uvicorn reads its grace as it begins to stop: what the exit timeout has left.
+            server.config.timeout_graceful_shutdown = max(1, round(grace))
             server.should_exit = True
             waits.append(task)
         if self._poller is not None:
@@ -223,6 +244,20 @@ class Server:
         await self.registry.close()
         self.dataplane.live = False
         log.info("server stopped")
+
+    async def _settle(self, until: float) -> None:
+        """Wait until no request has arrived for QUIET_S (or until `until`, monotonic).
+
+        Stopping grpc.aio drops the calls grpc core has taken but not yet handed to the
+        servicer (their clients see CANCELLED), and closing a listener resets the
+        connections in its backlog; while requests still arrive, each is answered instead.
+        """
+        while True:
+            now = time.monotonic()
+            quiet_at = self.dataplane.last_request_s + QUIET_S
+            if now >= quiet_at or now >= until:
+                return
+            await asyncio.sleep(min(quiet_at, until) - now)
 
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT, then stop gracefully."""

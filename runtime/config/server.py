@@ -45,6 +45,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A flag's count of 0 or more: a limit, where 0 means none."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got '{text}'")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Flag:
     """One `conveyor serve` flag: its names (aliases after the first), help and how it parses.
@@ -199,6 +210,35 @@ class ServerConfig:
             "--http-max-input-size",
             type=int,
             help="largest accepted HTTP request body in bytes (default 64 MiB)",
+        ),
+    )
+    # Bounds at the door, each for a resource a client can hold without sending work: a
+    # connection and its buffers (HTTP), an RPC in flight (gRPC). Sizing: README, Reliability.
+    http_body_timeout_s: float = field(
+        default=30.0,
+        metadata=flag(
+            "--http-body-timeout-secs",
+            type=positive_float,
+            help="seconds a request's headers, and then its body, may take to arrive; a "
+            "slower request is answered 408 and its connection closed (default 30)",
+        ),
+    )
+    http_max_connections: int = field(
+        default=512,
+        metadata=flag(
+            "--http-max-connections",
+            type=non_negative_int,
+            help="open HTTP connections served at once; while more are open, requests are "
+            "answered 503 at once and their connections closed (default 512; 0 = no limit)",
+        ),
+    )
+    grpc_max_concurrent_rpcs: int = field(
+        default=512,
+        metadata=flag(
+            "--grpc-max-concurrent-rpcs",
+            type=non_negative_int,
+            help="gRPC calls in flight at once (a stream counts as one); beyond it calls are "
+            "answered RESOURCE_EXHAUSTED at once (default 512; 0 = no limit)",
         ),
     )
     exit_timeout_s: float = field(

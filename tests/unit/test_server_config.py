@@ -59,3 +59,15 @@ def test_the_settings_are_frozen() -> None:
     config = ServerConfig([Path("/m")])
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.http_port = 1  # type: ignore[misc]
+
+
+def test_door_limit_flags() -> None:
+    config = parse(
+        "--http-body-timeout-secs", "1.5", "--http-max-connections", "0",
+        "--grpc-max-concurrent-rpcs", "64",
+    )  # fmt: skip
+    assert config.http_body_timeout_s == 1.5
+    assert (config.http_max_connections, config.grpc_max_concurrent_rpcs) == (0, 64)
+    for bad in (("--http-max-connections", "-1"), ("--http-body-timeout-secs", "0")):
+        with pytest.raises(SystemExit):
+            parse(*bad)
