@@ -349,6 +349,12 @@ class Registry:
             (time.perf_counter_ns() - started_ns) / 1e9,
         )
 
+    def hurry(self) -> None:
+        """Every batcher sends what it holds at once from now on (the server is stopping)."""
+        for model in self.models():
+            if isinstance(model, ModelInstance):
+                model.batcher.hurry()
+
     async def close(self) -> None:
         for name, entry in list(self._models.items()):
             await self._retire(name, list(entry.versions.values()))

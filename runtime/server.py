@@ -226,6 +226,7 @@ class Server:
         """Refuse new work, finish what was accepted, close the models."""
         self.dataplane.ready = False
         deadline = time.monotonic() + self.config.exit_timeout_s
+        self.registry.hurry()
         await self._settle(deadline - self.config.exit_timeout_s / 2)
         grace = max(deadline - time.monotonic(), 0.0)
         waits = []

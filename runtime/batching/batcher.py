@@ -104,6 +104,8 @@ class DynamicBatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Set as the server begins to stop: batches go out at once, the delay not awaited.
+        self._hurry = False
         # Batches by dispatch order, for preserve_ordering.
         self._dispatched = 0
         self._released = 0
@@ -160,6 +162,16 @@ class DynamicBatcher:
         if policy.allow_timeout_override and requested_us > 0:
             return requested_us if default == 0 else min(default, requested_us)
         return default
+
+    def hurry(self) -> None:
+        """Send what is queued now and from here on without waiting out the batching delay.
+
+        A stopping server calls it first, so that requests it accepted run within the exit
+        timeout however long a model's max_queue_delay_microseconds; requests still arrive
+        (an ensemble's steps, BLS calls) and are accepted as before.
+        """
+        self._hurry = True
+        self._arrival.set()
 
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting; with drain, finish everything queued and running first."""
@@ -219,7 +231,7 @@ class DynamicBatcher:
             if plan.count == 0:
                 continue
             wait_ns = self._wait_ns(plan, now)
-            if wait_ns <= 0 or self._stopping:
+            if wait_ns <= 0 or self._stopping or self._hurry:
                 return self._queue.popleft_matching(plan.count)
             self._arrival.clear()
             # asyncio.timeout arms one timer handle; wait_for would create a task per wait.

@@ -22,6 +22,8 @@ import json
 import queue
 import signal
 import threading
+import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import (
@@ -137,3 +140,61 @@ def test_sigterm_under_load_loses_nothing(test_repo: Path, protocol: str) -> Non
     assert not lost, f"{len(lost)} of {REQUESTS} requests lost ({dict(counts)}): {lost[:5]}"
     assert counts["answered"] >= 1
     assert counts["answered"] + counts["not accepted"] == REQUESTS
+
+
+QUEUED = "queued_fp32"  # holds requests up to 60 s for a batch of 8 rows
+QUEUED_REQUESTS = 3
+EXIT_TIMEOUT_S = 5
+
+
+def queued_depth(srv: ServerProcess) -> int:
+    """The model's queue depth as the metrics port reports it."""
+    url = f"http://{srv.metrics_url}/metrics"
+    with urllib.request.urlopen(url, timeout=CLIENT_TIMEOUT_S) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "nv_inference_pending_request_count" and (
+                sample.labels.get("model") == QUEUED
+            ):
+                return int(sample.value)
+    return 0
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_sigterm_runs_requests_waiting_for_a_batch(test_repo: Path, protocol: str) -> None:
+    """Requests waiting out a batching delay longer than the exit timeout still run."""
+    srv = start_server(test_repo, "--exit-timeout-secs", str(EXIT_TIMEOUT_S))
+    outcomes: queue.Queue[tuple[int, Any]] = queue.Queue()
+
+    def call(i: int) -> None:
+        client = make_client(protocol, srv)
+        x = np.full((1, 4), i, np.float32)
+        try:
+            result = client.infer(QUEUED, inputs_of(protocol, {"INPUT0": x}))
+            outcomes.put((i, result.as_numpy("OUTPUT0")))
+        except InferenceServerException as exc:
+            outcomes.put((i, f"{exc.status()} {exc.message()}"))
+        finally:
+            client.close()
+
+    try:
+        threads = [
+            threading.Thread(target=call, args=(i,), daemon=True) for i in range(QUEUED_REQUESTS)
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while queued_depth(srv) < QUEUED_REQUESTS:
+            assert time.monotonic() < deadline, "the requests never reached the queue"
+            time.sleep(0.05)
+        srv.process.send_signal(signal.SIGTERM)
+        answers = dict(outcomes.get(timeout=CLIENT_TIMEOUT_S) for _ in range(QUEUED_REQUESTS))
+        assert srv.process.wait(SHUTDOWN_TIMEOUT_S) == 0, srv.log_text()
+    finally:
+        srv.stop()
+    for i in range(QUEUED_REQUESTS):
+        expected = np.full((1, 4), i + 0.5, np.float32)
+        got = answers[i]
+        assert isinstance(got, np.ndarray), f"request {i} was not run: {got}"
+        np.testing.assert_array_equal(got, expected)
