@@ -25,6 +25,7 @@ from runtime.loader import InstanceSettings
 from runtime.monitoring.metrics import Metrics
 from runtime.poller import RepositoryPoller
 from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
+from runtime.protocol.grpc_native import frontend as grpc_native
 from runtime.protocol.http.app import create_app, create_metrics_app
 from runtime.protocol.http.connection import http_protocol, limit_concurrency
 from runtime.registry import Registry, Served
@@ -81,6 +82,7 @@ class Server:
         self.metrics_port: int | None = None
         self._uvicorns: list[tuple[_UvicornServer, asyncio.Task[None]]] = []
         self._grpc: grpc.aio.Server | None = None
+        self._native_grpc: grpc_native.NativeFrontend | None = None
         self._stop = asyncio.Event()
         self._poller: RepositoryPoller | None = None
         self._drift_ticker: asyncio.Task[None] | None = None
@@ -168,6 +170,19 @@ class Server:
         return bound
 
     async def _start_grpc(self) -> None:
+        if self.config.grpc_frontend == "native":
+            tls = self.config.grpc_use_ssl or self.config.grpc_use_ssl_mutual
+            restrictions = self.config.grpc_restrictions
+            self._native_grpc = grpc_native.load(self.dataplane, restrictions, tls)
+        if self._native_grpc is not None:
+            address = f"{_display_host(self.config.host)}:{self.config.grpc_port}"
+            self.grpc_port = await self._native_grpc.start(address)
+            log.info(
+                "Started GRPCInferenceService at %s:%d (native)",
+                _display_host(self.config.host),
+                self.grpc_port,
+            )
+            return
         self._grpc = grpc.aio.server(
             options=SERVER_OPTIONS,
             # grpc.aio answers calls past it RESOURCE_EXHAUSTED at once, before any handler.
@@ -232,6 +247,8 @@ class Server:
         waits = []
         if self._grpc is not None:
             waits.append(self._grpc.stop(grace))
+        if self._native_grpc is not None:
+            waits.append(self._native_grpc.stop(grace))
         for server, task in self._uvicorns:
             # uvicorn reads its grace as it begins to stop: what the exit timeout has left.
             server.config.timeout_graceful_shutdown = max(1, round(grace))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,15 @@ DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024  # Triton's --http-max-input-size
 FLAGS = "conveyor.flags"
 # The default of a flag declared without one: the default of the setting it fills.
 SETTING_DEFAULT: Final[Any] = object()
+
+
+GRPC_FRONTENDS = ("native", "aio")
+
+
+def default_grpc_frontend() -> str:
+    """The gRPC front end when --grpc-frontend is not given: $CONVEYOR_GRPC_FRONTEND or aio."""
+    value = os.environ.get("CONVEYOR_GRPC_FRONTEND", "aio")
+    return value if value in GRPC_FRONTENDS else "aio"
 
 
 def parse_bool(text: str) -> bool:
@@ -161,6 +171,19 @@ class ServerConfig:
     allow_grpc: bool = field(
         default=True,
         metadata=flag("--allow-grpc", type=parse_bool, help="serve gRPC (default true)"),
+    )
+    # grpc.aio by default: the native front end is a separately built extension.
+    # CONVEYOR_GRPC_FRONTEND sets the default, for a container or a test run.
+    grpc_frontend: str = field(
+        default_factory=default_grpc_frontend,
+        metadata=flag(
+            "--grpc-frontend",
+            choices=GRPC_FRONTENDS,
+            default=default_grpc_frontend(),
+            help="native: gRPC C++ (the conveyor-grpc-native extension; grpc.aio with a "
+            "warning where it is not installed); aio: grpc.aio (default: "
+            "$CONVEYOR_GRPC_FRONTEND, else aio)",
+        ),
     )
     allow_metrics: bool = field(
         default=True,

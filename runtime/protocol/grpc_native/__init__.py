@@ -1,0 +1,1 @@
+"""inference.GRPCInferenceService on gRPC C++ (the conveyor_grpc_native extension)."""
