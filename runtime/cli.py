@@ -97,30 +97,55 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "train", help="train a model, export it to ONNX and publish it into a model repository"
     )
-    p.add_argument("recipe", choices=["digits", "tabular"], help="tabular: breast cancer")
+    p.add_argument(
+        "recipe",
+        nargs="?",
+        choices=["digits", "tabular"],
+        help="a bundled dataset (tabular: breast cancer); or train on a file with --data",
+    )
     p.add_argument(
         "--repository",
         type=Path,
         help="model repository to publish into; default: the bundled example repository",
     )
-    p.add_argument("--model-name", help="model folder name (default: digits / breast_cancer)")
+    p.add_argument(
+        "--model-name",
+        "--name",
+        dest="model_name",
+        help="model folder name (default: digits / breast_cancer; required with --data)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
-    p.add_argument("--epochs", type=_positive, help="epochs (default: the recipe's)")
+    p.add_argument(
+        "--epochs",
+        type=_positive,
+        help="epochs (default: the recipe's; with --data, enough to show about a million rows)",
+    )
     p.add_argument("--fast", action="store_true", help="few epochs, for smoke runs and tests")
     p.add_argument(
         "--if-missing",
         action="store_true",
         help="do nothing when the model already has a version in the repository",
     )
+    # Light: pyarrow and torch load only when a run on a data file starts.
+    from runtime.training import command
+
+    command.add_arguments(p)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from rich.console import Console
 
     # Light: runtime.training loads torch and scikit-learn only when a run starts.
     from runtime import training
     from runtime.examples import default_repository
+    from runtime.training import command
 
+    misused = command.misused(args)
+    if misused:
+        print(f"conveyor train: {misused}", file=sys.stderr)
+        return 2
+    if args.data is not None:
+        return command.run(args, argv)
     recipe = training.RECIPES[args.recipe]
     repository = args.repository or default_repository()
     name = args.model_name or recipe.model_name
@@ -251,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(args)
     if args.command == "train":
-        return _train(args)
+        return _train(args, argv)
     if args.command == "publish":
         return _publish(args, argv)
     return 2

@@ -17,3 +17,7 @@ class ParityError(TrainingError):
 
 class PublishError(TrainingError):
     """The version folder could not be put in place."""
+
+
+class R2BelowFloor(TrainingError):
+    """Held-out R^2 of a regressor is below the floor: the model is not published."""
