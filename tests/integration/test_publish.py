@@ -630,3 +630,20 @@ def test_a_width_mismatch_through_the_api_raises_bad_input(
     with pytest.raises(conveyor.BadInput, match="4 features"):
         conveyor.publish(model, published.bc_x, repository=tmp_path, name="iris")
     assert not (tmp_path / "iris").exists()
+
+
+def test_a_failed_parity_gate_exits_1_with_the_worst_rows(
+    published: Published, tmp_path: Path
+) -> None:
+    """No tolerance at all: float32 ONNX Runtime cannot match float64 scikit-learn exactly."""
+    repo = tmp_path / "repo"
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "publish", str(published.work / "bc.joblib"),
+         "--repository", str(repo), "--name", "bc", "--sample", str(published.work / "bc.csv"),
+         "--atol", "0", "--rtol", "0"],
+        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "worst rows" in done.stderr, done.stderr
+    assert "nothing was published" in done.stderr
+    assert not (repo / "bc").exists()
