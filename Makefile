@@ -5,17 +5,71 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SERVER_STAMP := $(VENV)/.installed-server
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install serve test unit integration lint bench perf-analyzer prometheus proto clean
+.PHONY: install install-server lock native serve test unit integration lint bench perf-analyzer prometheus proto clean
+
+# Installs come from the lock, requirements/*.txt: every package pinned, with its sha256 hashes,
+# resolved for Linux x86_64 and CPython 3.11 (elsewhere: pip install -e ".[test,...]" unlocked).
+# dev.txt is the server and every extra but the gpu one; torch's CPU build is in torch-cpu.txt,
+# installed from PyTorch's CPU index (TORCH_INDEX): PyPI's Linux torch is the CUDA build.
+# The project itself goes in with --no-deps, so that pip resolves nothing outside the lock.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP_LOCKED := $(BIN)/python -m pip install -q --require-hashes
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/dev.txt requirements/torch-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,proto,bench,train,publish]"
+	$(PIP_LOCKED) -r requirements/dev.txt
+	$(PIP_LOCKED) --index-url $(TORCH_INDEX) -r requirements/torch-cpu.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(NATIVE_BUILD)
 	touch $(STAMP)
+
+# The server alone (requirements/server.txt, the same pins as dev.txt): what `make serve` needs.
+install-server: $(SERVER_STAMP)
+
+$(SERVER_STAMP): pyproject.toml requirements/server.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_LOCKED) -r requirements/server.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(NATIVE_BUILD) || echo "make install-server: the native gRPC front end did not build;" \
+		"the server serves gRPC on grpc.aio (see the output above)"
+	touch $(SERVER_STAMP)
+
+# Regenerates the lock with uv from pyproject.toml, keeping the pins it can; pass
+# LOCK_ARGS=--upgrade (or --upgrade-package NAME) to move them. uv reads no pip configuration:
+# torch's CPU build comes from PyTorch's CPU index, or TORCH_SOURCE="--find-links DIR" where a
+# folder holds the wheel. gpu.txt is the GPU image's: onnxruntime-gpu instead of onnxruntime.
+UV_VERSION := 0.13.8
+UV := .tools/uv/bin/uv
+TORCH_SOURCE ?= --torch-backend cpu
+COMPILE = $(UV) pip compile -q --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" $(LOCK_ARGS)
+
+lock:
+	test -x $(UV) || ($(PYTHON) -m venv .tools/uv && .tools/uv/bin/pip install -q uv==$(UV_VERSION))
+	$(COMPILE) $(TORCH_SOURCE) --override requirements/torch-cpu.in --no-emit-package torch \
+		--extra test --extra proto --extra bench --extra publish --extra train \
+		pyproject.toml -o requirements/dev.txt
+	$(COMPILE) $(TORCH_SOURCE) -c requirements/dev.txt requirements/torch-cpu.in \
+		-o requirements/torch-cpu.txt
+	$(COMPILE) -c requirements/dev.txt pyproject.toml -o requirements/server.txt
+	$(COMPILE) -c requirements/dev.txt --excludes requirements/gpu-excludes.in --extra gpu \
+		pyproject.toml -o requirements/gpu.txt
+
+# The native gRPC front end (`conveyor serve --grpc-frontend native`): a compiled extension
+# against Debian's gRPC C++ (native/install_deps.sh installs it with apt-get), built into the
+# venv by both installs; `make native` rebuilds it after editing native/. Its build tools
+# (scikit-build-core, pybind11) come from PyPI into pip's isolated build environment.
+NATIVE_BUILD = bash native/install_deps.sh && CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+	$(BIN)/python -m pip install -q ./native
+
+native: install
+	$(NATIVE_BUILD)
 
 perf-analyzer: install
 	PYTHON=$(BIN)/python bash benchmarks/install_perf_analyzer.sh
@@ -24,10 +78,15 @@ perf-analyzer: install
 prometheus:
 	bash tests/tools/install_prometheus.sh
 
-# The first run also trains the digits MLP into the default (example) repository, a few
-# seconds, so that a newcomer sees training, export and serving in one command.
-serve: install
-	$(BIN)/conveyor train digits --if-missing
+# Serves the example repository. Where the train extra is installed (`make install`), the
+# first run also trains the digits MLP into it, a few seconds, so that a newcomer sees
+# training, export and serving in one command; without it the server serves the rest.
+HAS_TRAIN_EXTRA = $(BIN)/python -c "import importlib.util as u; \
+	raise SystemExit(not all(map(u.find_spec, ('torch', 'sklearn', 'onnxscript'))))"
+
+serve: install-server
+	if $(HAS_TRAIN_EXTRA); then $(BIN)/conveyor train digits --if-missing; \
+	else echo "make serve: no train extra (make install installs it), digits not trained"; fi
 	$(BIN)/conveyor serve $(ARGS)
 
 test: install perf-analyzer prometheus lint

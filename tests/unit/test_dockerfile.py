@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,79 @@ def test_the_image_serves_as_designed() -> None:
     assert 'VOLUME ["/models"]' in DOCKERFILE
     assert "build_example_repository(Path('/models'))" in DOCKERFILE
     assert DOCKERFILE.count("\nFROM ") + DOCKERFILE.startswith("FROM ") >= 2  # multi-stage
+
+
+def _runs() -> list[str]:
+    """The Dockerfile's RUN instructions' shell commands, continuation lines joined."""
+    joined = re.sub(r"\\\n", " ", DOCKERFILE)
+    return [line[4:] for line in joined.splitlines() if line.startswith("RUN ")]
+
+
+def _installs_for(ort_package: str) -> subprocess.CompletedProcess[str]:
+    """Runs the build stage's dependency step with pip and venv replaced by echo."""
+    (step,) = [r for r in _runs() if "--require-hashes" in r]
+    step = step.replace("python3 -m venv /opt/conveyor", "true")
+    step = step.replace("/opt/conveyor/bin/pip", "echo pip")
+    return subprocess.run(
+        ["sh", "-c", step],
+        env={"ORT_PACKAGE": ort_package, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("ort_package", "lock"),
+    [("onnxruntime", "requirements/server.txt"), ("onnxruntime-gpu", "requirements/gpu.txt")],
+)
+def test_the_image_installs_its_dependencies_from_the_lock(ort_package: str, lock: str) -> None:
+    result = _installs_for(ort_package)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "pip",
+        "install",
+        "--no-cache-dir",
+        "--require-hashes",
+        "-r",
+        lock,
+    ]
+    assert "COPY requirements requirements" in DOCKERFILE
+
+
+def test_the_image_refuses_an_unknown_onnx_runtime_package() -> None:
+    result = _installs_for("onnxruntime-rocm")
+    assert result.returncode != 0
+    assert "onnxruntime or onnxruntime-gpu" in result.stderr
+
+
+def test_the_gpu_image_ends_with_onnxruntime_gpu_alone() -> None:
+    # The project goes in with --no-deps, so pip resolves nothing beside the lock; every other
+    # pip install is the lock's, and the GPU lock names onnxruntime-gpu and not onnxruntime.
+    pips = [r for r in _runs() if "pip install" in r]
+    assert pips
+    for run in pips:
+        assert (
+            "--require-hashes" in run
+            or re.search(r"pip install --no-cache-dir --no-deps \.", run)
+            or re.search(r"pip install --no-cache-dir \./native", run)
+        ), run
+    # The native front end's distribution depends on nothing, so installing it adds nothing.
+    native = tomllib.loads((ROOT / "native" / "pyproject.toml").read_text())
+    assert native["project"].get("dependencies", []) == []
+    gpu_lock = (ROOT / "requirements" / "gpu.txt").read_text()
+    assert re.search(r"^onnxruntime-gpu==", gpu_lock, re.M)
+    assert not re.search(r"^onnxruntime==", gpu_lock, re.M)
+    assert "uninstall" not in DOCKERFILE
+
+
+def test_the_image_builds_the_native_grpc_front_end() -> None:
+    build, final = DOCKERFILE.split("\nFROM ${BASE_IMAGE}\n")
+    assert "COPY proto proto" in build
+    assert "COPY native native" in build
+    assert "libgrpc++-dev" in build
+    assert re.search(r"pip install --no-cache-dir \./native", build)
+    # The final stage has no compiler, only the shared libraries the extension links.
+    assert "libgrpc++1.51" in final
+    assert "libprotobuf32" in final
+    assert "g++" not in final
