@@ -29,11 +29,66 @@ def _softmax_loop(x: NDArray[np.float32]) -> NDArray[np.float32]:
     return out
 
 
-def _sigmoid_loop(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    out = np.empty_like(x)
+# exp(-a) for 0 <= a <= 87 in float32 with no libm call, so that LLVM vectorises the loop (a
+# call to expf per element kept it scalar: 2.5-3 ns an element, behind NumPy's SIMD exp).
+# Cody-Waite: exp(-a) = 2^-k exp(r), k = round(a / ln 2), |r| <= ln 2 / 2, ln 2 split in two so
+# that k ln 2 is exact (k <= 126: 7 bits, _LN2_HI: 9); exp(r) by Cephes' expf polynomial (about
+# 1 ulp); 2^-k written as exponent bits, a normal number for k <= 126. exp(-87) is 1.6e-38,
+# just above float32's smallest normal: past |x| = 87 the answer is 0 or 1 (under 1.7e-38 off).
+_EXP_CAP = np.float32(87.0)
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+# exp(r) ~ 1 + r + r^2 (_P5 + r (_P4 + r (_P3 + r (_P2 + r (_P1 + r _P0))))), Cephes' expf.
+_P0 = np.float32(1.9875691500e-4)
+_P1 = np.float32(1.3981999507e-3)
+_P2 = np.float32(8.3334519073e-3)
+_P3 = np.float32(4.1665795894e-2)
+_P4 = np.float32(1.6666665459e-1)
+_P5 = np.float32(5.0000001201e-1)
+_ZERO, _HALF, _ONE = np.float32(0), np.float32(0.5), np.float32(1)
+
+
+_SIGMOID_BLOCK = 2048  # elements: a block's input, output and exp(r) fit in L1 together
+
+
+def _sigmoid_block_loop(
+    x: NDArray[np.float32], out: NDArray[np.float32], exp_r: NDArray[np.float32]
+) -> None:
+    """Two passes over one block, each vectorised: the first writes 2^-k's bits into the output
+    (Numba has no scalar bit cast) and exp(r) beside it, the second makes exp(-|v|) of them,
+    then the logistic, 1 - e/(1+e) or e/(1+e) by the sign of v. All in float32."""
+    scale_bits = out.view(np.int32)
     for i in range(x.shape[0]):
-        z = np.float32(math.exp(-abs(x[i])))
-        out[i] = 1 / (1 + z) if x[i] >= 0 else z / (1 + z)
+        a = abs(x[i])
+        a = a if a < _EXP_CAP else _EXP_CAP  # NaN too: int32(NaN) below is undefined
+        k = np.floor(a * _LOG2E + _HALF)
+        r = (k * _LN2_HI - a) + k * _LN2_LO
+        p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+        exp_r[i] = (p * r * r + r) + _ONE
+        scale_bits[i] = (127 - np.int32(k)) << 23
+    for i in range(x.shape[0]):
+        v = x[i]
+        e = exp_r[i] * out[i]  # exp(-|v|)
+        low = e / (_ONE + e)  # the logistic of -|v|
+        low = low if abs(v) <= _EXP_CAP else _ZERO
+        logistic = _ONE - low if v >= _ZERO else low
+        out[i] = logistic if v == v else v  # NaN stays NaN
+
+
+_sigmoid_block = _jit(_sigmoid_block_loop)
+
+
+def _sigmoid_loop(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    # Block by block, passed as slices: their indices start at 0, so the loops above carry no
+    # negative-index wraparound, which kept LLVM from vectorising. Whole-array passes without
+    # blocks measured the same up to 64,000 elements and 20% slower at 256,000 (a second
+    # array the size of the input, out of cache).
+    out = np.empty_like(x)
+    exp_r = np.empty(_SIGMOID_BLOCK, np.float32)
+    for start in range(0, x.shape[0], _SIGMOID_BLOCK):
+        stop = min(start + _SIGMOID_BLOCK, x.shape[0])
+        _sigmoid_block(x[start:stop], out[start:stop], exp_r)
     return out
 
 
