@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SERVER_STAMP := $(VENV)/.installed-server
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install install-server lock native serve test unit integration lint bench perf-analyzer prometheus proto clean
+.PHONY: install install-server lock native serve test unit integration fuzz lint bench perf-analyzer prometheus proto clean
 
 # Installs come from the lock, requirements/*.txt: every package pinned, with its sha256 hashes,
 # resolved for Linux x86_64 and CPython 3.11 (elsewhere: pip install -e ".[test,...]" unlocked).
@@ -97,6 +97,14 @@ unit: install
 
 integration: install perf-analyzer prometheus
 	$(BIN)/python -m pytest -q tests/integration
+
+# The fuzz tests with new examples on every run (CI replays the same ones), FUZZ_SCALE times
+# as many as in CI: two to four minutes on two cores. A failing example is saved under
+# .hypothesis/ and tried first next time. ARGS goes to pytest: ARGS="-k chunked -x".
+FUZZ_SCALE ?= 10
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz FUZZ_SCALE=$(FUZZ_SCALE) \
+		$(BIN)/python -m pytest -q tests/integration/test_fuzz*.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,7 +2,8 @@
 
 Whatever arrives, the answer is a 4xx (or a 200 for what happens to be valid) with an
 error message, never a 500 or an INTERNAL, never a crash or a hang, and a valid request
-right after still succeeds.
+right after still succeeds. The examples are the "ci" profile's fixed draw unless the "fuzz"
+profile is loaded (`make fuzz`, tests/conftest.py), which draws new ones on every run.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from tests.conftest import fuzz_examples
 from tests.integration.conftest import ServerProcess, http_request
 
 MODEL = "add_sub_fp32"
 PATH = f"/v2/models/{MODEL}/infer"
 FUZZ = settings(
-    max_examples=150,
+    max_examples=fuzz_examples(150),
     deadline=None,
-    derandomize=True,
-    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 DATATYPES = ["FP32", "FP16", "INT32", "BYTES", "BOOL", "UINT64", "BF16", "fp32", "", "X" * 40]
