@@ -6,17 +6,34 @@ holds the connection, its buffer and a slot under `--http-max-connections` for a
 it likes. uvicorn has no setting for that, so this subclass adds one: a request's headers,
 and then its body, must each arrive within `--http-body-timeout-secs`. A late request is
 answered 408 where an answer can still be sent, and its connection is closed.
+
+Two more things uvicorn's protocol does not do, done here for the same reason (it has no
+setting for them):
+- A request's head (request line and headers) is bounded, MAX_HEAD_BYTES: the parser
+  buffers a header until it ends, so a client could make it hold megabytes and spend the
+  event loop's time on them. A longer head is answered 431.
+- A request that is not valid HTTP/1.1 is answered in its turn: uvicorn writes its 400 as
+  soon as the parser fails and closes, so the answers of valid requests pipelined before
+  it were lost. Those are now answered first (RFC 9112, 9.3.2), then the 400, as JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import orjson
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as Cycle
+
+# The most bytes a request's head may take (request line and header fields). nginx's
+# default is 8 KiB a line, Node's 16 KiB a head; Triton's own headers are a few hundred
+# bytes. Counted per read, so at most one read (the socket's buffer) more is held.
+MAX_HEAD_BYTES = 64 * 1024
+# How long a refused connection is read (and dropped) after its answer, at most.
+LINGER_S = 2.0
 
 
 class TimedHttpProtocol(HttpToolsProtocol):
@@ -35,12 +52,32 @@ class TimedHttpProtocol(HttpToolsProtocol):
     _due: float | None  # when what is being read must have arrived; None: nothing owed
     _in_headers: bool  # a request has begun and its headers are not complete yet
     _watch: asyncio.TimerHandle | None
+    _head_bytes: int  # bytes read since the current head began (while no body is being read)
+    _in_body: bool  # the current request's headers are complete, its body is not
+    _refusal: tuple[HTTPStatus, str] | None  # to send once the answers before it are sent
+    _running: Cycle | None  # the request whose application runs now (or ran last)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # A new connection owes its first request: one that sends nothing is closed too.
         self._watch = None
+        self._head_bytes = 0
+        self._in_body = False
+        self._refusal = None
+        self._running = None
         self._owe(in_headers=False)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # the connection ends with its refusal; nothing more is read
+        if not self._in_body:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._refusal is None and not self._in_body and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                f"the request's head (request line and headers) is over {MAX_HEAD_BYTES} bytes",
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._watch is not None:
@@ -54,11 +91,72 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._owe(in_headers=False)  # the body gets its own period
+        self._in_body = True
+        self._head_bytes = 0
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._in_body = False
         self._due = None
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls it where the parser fails.
+        self._refuse(
+            HTTPStatus.BAD_REQUEST,
+            "the request is not valid HTTP/1.1 (its request line, headers or chunked body); "
+            "the connection is closed",
+        )
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None:
+            self._send_refusal()
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        """Answer `status` once every request before this one is answered, then close."""
+        if self._refusal is not None:
+            return
+        self._refusal = (status, message)
+        self._due = None  # the refusal answers for the request, not a 408
+        self.flow.pause_reading()
+        bad: Cycle | None = self.cycle
+        if bad is not None and bad.more_body and not bad.response_complete:
+            # The bad request's headers arrived, its body is cut short: it is answered
+            # here, not by the application. Queued behind others, it leaves the queue;
+            # running, its application sees the client leave and its answer goes nowhere.
+            if self.pipeline and self.pipeline[0][0] is bad:
+                self.pipeline.popleft()
+            elif not bad.response_started:
+                bad.response_complete = True
+                bad.disconnected = True
+                bad.message_event.set()
+        self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        """Send the refusal and close, once no earlier answer is still owed."""
+        running = self._running
+        owed = self.pipeline or (running is not None and not running.response_complete)
+        if self._refusal is None or owed or self.transport.is_closing():
+            return
+        status, message = self._refusal
+        self._write_error(status, message)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after the answer, reading (and dropping) what the client still sends.
+
+        Closing a socket with unread bytes in it resets the connection, and a reset can
+        reach the client before the answer it was sent: the client would see only the
+        reset. So the server ends its side, drops what arrives, and closes once the client
+        has closed too, or after LINGER_S.
+        """
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     def _owe(self, in_headers: bool) -> None:
         self._in_headers = in_headers
@@ -91,13 +189,15 @@ class TimedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _send_408(self, part: str) -> None:
-        body = orjson.dumps(
-            {
-                "error": f"the request {part} did not arrive within {self.arrival_timeout_s:g} "
-                "s (--http-body-timeout-secs); the connection is closed"
-            }
+        self._write_error(
+            HTTPStatus.REQUEST_TIMEOUT,
+            f"the request {part} did not arrive within {self.arrival_timeout_s:g} "
+            "s (--http-body-timeout-secs); the connection is closed",
         )
-        head = [b"HTTP/1.1 408 Request Timeout\r\n"]
+
+    def _write_error(self, status: HTTPStatus, message: str) -> None:
+        body = orjson.dumps({"error": message})
+        head = [b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())]
         head += [b"%s: %s\r\n" % pair for pair in self.server_state.default_headers]
         head += [
             b"content-type: application/json\r\n",
@@ -107,6 +207,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head) + body)
 
     def _start_asgi_task(self, cycle: Cycle, app: Any) -> None:
+        self._running = cycle
         # uvicorn answers a request past its limit_concurrency with a text/plain 503; every
         # error this server gives over HTTP is `{"error": ...}`, which tritonclient parses.
         if app is service_unavailable:
