@@ -53,13 +53,13 @@ COMPILE = $(UV) pip compile -q --generate-hashes --python-version 3.11 \
 lock:
 	test -x $(UV) || ($(PYTHON) -m venv .tools/uv && .tools/uv/bin/pip install -q uv==$(UV_VERSION))
 	$(COMPILE) $(TORCH_SOURCE) --override requirements/torch-cpu.in --no-emit-package torch \
-		--extra test --extra proto --extra bench --extra publish --extra train \
+		--extra test --extra proto --extra bench --extra publish --extra train --extra trace \
 		pyproject.toml -o requirements/dev.txt
 	$(COMPILE) $(TORCH_SOURCE) -c requirements/dev.txt requirements/torch-cpu.in \
 		-o requirements/torch-cpu.txt
-	$(COMPILE) -c requirements/dev.txt pyproject.toml -o requirements/server.txt
+	$(COMPILE) -c requirements/dev.txt --extra trace pyproject.toml -o requirements/server.txt
 	$(COMPILE) -c requirements/dev.txt --excludes requirements/gpu-excludes.in --extra gpu \
-		pyproject.toml -o requirements/gpu.txt
+		--extra trace pyproject.toml -o requirements/gpu.txt
 
 # The native gRPC front end (`conveyor serve --grpc-frontend native`): a compiled extension
 # against Debian's gRPC C++ (native/install_deps.sh installs it with apt-get), built into the

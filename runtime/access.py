@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 # API groups that --http-restricted-api / --grpc-restricted-protocol can put behind a key.
 RESTRICTABLE = (
-    "health", "metadata", "inference", "model-config", "model-repository", "statistics"
+    "health", "metadata", "inference", "model-config", "model-repository", "statistics",
+    "trace", "logging",
 )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime import __version__
+from runtime import __version__, logs
 from runtime.access import Restriction, parse_restrictions
 from runtime.config import ServerConfig
 from runtime.config.server import positive_float, setting_flags
@@ -268,9 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, getattr(args, "log_level", "warning").upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # In the serve command's --log-format from the first line on; the server takes the
+    # handlers over as it starts serving (runtime/logs.py).
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logs.formatter(getattr(args, "log_format", "default")))
     if args.command == "serve":
         return _serve(args)
     if args.command == "bench":

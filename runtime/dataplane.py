@@ -14,6 +14,8 @@ from typing import Any
 from runtime import __version__
 from runtime import config as cfg
 from runtime.errors import InvalidInput, NotFound, Unavailable
+from runtime.logs import CallLog, LogSettings
+from runtime.monitoring.tracing import Tracing
 from runtime.proto import model_config_pb2 as pb
 from runtime.registry import Registry
 from runtime.types import InferenceRequest, InferenceResponse, TensorSpec
@@ -27,15 +29,28 @@ EXTENSIONS = (
     "model_configuration",
     "binary_tensor_data",
     "statistics",
+    "trace",
+    "logging",
 )
 
 
 class DataPlane:
     """Inference and the read-only APIs over the registry."""
 
-    def __init__(self, registry: Registry, model_control_mode: str = "none") -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        model_control_mode: str = "none",
+        *,
+        calls: CallLog | None = None,
+        logs: LogSettings | None = None,
+    ) -> None:
         self.registry = registry
         self.model_control_mode = model_control_mode
+        # Request ids, traces and log lines of inference calls; the logging extension.
+        self.calls = calls or CallLog()
+        self.tracing: Tracing = self.calls.tracing
+        self.logs = logs or LogSettings()
         self.live = True
         self.ready = False
         # time.monotonic() when the latest inference request arrived (0.0: none yet); a
@@ -119,6 +134,17 @@ class DataPlane:
                 "{reference: FILE}` in its conveyor.yaml"
             )
         return model.drift.report()
+
+    def trace_settings(self, model: str = "") -> dict[str, Any]:
+        """The trace extension's settings: global, or as they apply to a served model."""
+        if model:
+            self.registry.get(model)
+        return self.tracing.settings(model)
+
+    async def update_trace_settings(self, model: str, changes: dict[str, Any]) -> dict[str, Any]:
+        if model:
+            self.registry.get(model)
+        return await self.tracing.update(model, changes)
 
     def autoscale(self) -> dict[str, Any]:
         """Each model's load signals (versions summed), shaped for KEDA's metrics-api scaler.

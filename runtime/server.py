@@ -22,7 +22,9 @@ from starlette.types import ASGIApp
 from runtime.config import ServerConfig as ServerConfig  # re-exported: Server's own config
 from runtime.dataplane import DataPlane
 from runtime.loader import InstanceSettings
+from runtime.logs import CallLog, LogSettings
 from runtime.monitoring.metrics import Metrics
+from runtime.monitoring.tracing import TraceConfig, Tracing
 from runtime.poller import RepositoryPoller
 from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
 from runtime.protocol.grpc_native import frontend as grpc_native
@@ -76,7 +78,13 @@ class Server:
             monitors=(self.metrics.subscriber,) if self.metrics is not None else (),
         )
         self.registry = Registry(config.model_repositories, settings)
-        self.dataplane = DataPlane(self.registry, config.model_control_mode)
+        tracing = Tracing(TraceConfig.parse(config.trace_config))
+        self.dataplane = DataPlane(
+            self.registry,
+            config.model_control_mode,
+            calls=CallLog(tracing, access=config.log_requests),
+            logs=LogSettings.from_root(config.log_format),
+        )
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
@@ -260,6 +268,9 @@ class Server:
         if self._drift_ticker is not None:
             self._drift_ticker.cancel()
         await self.registry.close()
+        # Spans still queued go out within what the exit timeout has left (at most 5 s).
+        flush_s = min(5.0, max(deadline - time.monotonic(), 1.0))
+        await asyncio.to_thread(self.dataplane.tracing.close, flush_s)
         self.dataplane.live = False
         log.info("server stopped")
 
@@ -278,7 +289,8 @@ class Server:
             await asyncio.sleep(min(quiet_at, until) - now)
 
     async def serve(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        """Run until SIGTERM or SIGINT, then stop gracefully; own the process's log output."""
+        self.dataplane.logs.install()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)

@@ -70,6 +70,8 @@ class InferenceRequest:
     received_ns: int = 0
     # Set by an adapter that can tell when its client went away; checked at dequeue.
     client_gone: Callable[[], bool] | None = None
+    # A runtime.monitoring.tracing.RequestTrace when the request is sampled for tracing.
+    trace: Any = None
 
 
 @dataclass(slots=True)

@@ -148,6 +148,7 @@ class DynamicBatcher:
             deadline_ns=now + timeout * 1000 if timeout else 0,
             level=level,
             client_gone=request.client_gone,
+            trace=request.trace,
             shape_key=tuple(a.shape[1:] for a in inputs.values()) if self._max_rows else (),
         )
         self._queue.put(item, request.id)
@@ -320,7 +321,7 @@ class DynamicBatcher:
         finally:
             self._slots.release()
         done.dispatched_ns = dispatched_ns
-        self._release(seq, functools.partial(self._scatter, outputs, batch, done))
+        self._release(seq, functools.partial(self._scatter, outputs, batch, done, seq))
 
     def _run_inline(self, batch: list[Pending]) -> None:
         """One batch on the event loop, answered as _execute answers one from a thread."""
@@ -333,7 +334,7 @@ class DynamicBatcher:
             self._answer_failure(seq, batch, exc, dispatched_ns)
             return
         done.dispatched_ns = dispatched_ns
-        self._release(seq, functools.partial(self._scatter, outputs, batch, done))
+        self._release(seq, functools.partial(self._scatter, outputs, batch, done, seq))
 
     def _answer_failure(
         self, seq: int, batch: list[Pending], exc: Exception, dispatched_ns: int
@@ -343,7 +344,7 @@ class DynamicBatcher:
             exc = InternalError(f"model '{self._config.name}' failed to run: {exc}")
         rows = sum(p.rows for p in batch)
         failed = BatchDone(rows, 0, 0, 0, dispatched_ns, batch, False)
-        self._release(seq, functools.partial(self._fail, exc, batch, failed))
+        self._release(seq, functools.partial(self._fail, exc, batch, failed, seq))
 
     def _release(self, seq: int, answer: Callable[[], None]) -> None:
         """Answer a finished batch; with preserve_ordering, only after every earlier one."""
@@ -355,9 +356,11 @@ class DynamicBatcher:
             self._finished.pop(self._released)()
             self._released += 1
 
-    def _fail(self, error: ServingError, batch: list[Pending], done: BatchDone) -> None:
+    def _fail(self, error: ServingError, batch: list[Pending], done: BatchDone, seq: int) -> None:
         self._events.batch_done(done)
         for item in batch:
+            if item.trace is not None:
+                item.trace.ran(item.enqueued_ns, done, seq)
             resolve(item.future, error=error)
 
     def _run_batch(self, batch: list[Pending]) -> tuple[BatchOutputs, BatchDone]:
@@ -397,10 +400,15 @@ class DynamicBatcher:
             self._events.batch_ran(inputs, outputs)
         return outputs, BatchDone(rows, t1 - t0, t2 - t1, 0, 0, batch, True)
 
-    def _scatter(self, outputs: BatchOutputs, batch: list[Pending], done: BatchDone) -> None:
+    def _scatter(
+        self, outputs: BatchOutputs, batch: list[Pending], done: BatchDone, seq: int
+    ) -> None:
         t0 = time.perf_counter_ns()
         scatter(outputs, batch)
         done.output_ns = time.perf_counter_ns() - t0
         self._events.batch_done(done)
+        for item in batch:
+            if item.trace is not None:  # a sampled request (runtime/monitoring/tracing.py)
+                item.trace.ran(item.enqueued_ns, done, seq)
         if self.slo is not None:
             self.slo.observe_batch(time.monotonic_ns() - done.dispatched_ns)

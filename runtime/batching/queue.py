@@ -26,6 +26,8 @@ class Pending:
     level: int = 0
     delayed: int = 0
     client_gone: Callable[[], bool] | None = None
+    # The request's RequestTrace when it is sampled (runtime/monitoring/tracing.py).
+    trace: Any = None
     shape_key: tuple[tuple[int, ...], ...] = field(default=())
 
     def is_dead(self, now: int) -> bool:

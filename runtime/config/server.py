@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from runtime.access import Restriction
+from runtime.monitoring.tracing import trace_spec
 
 if TYPE_CHECKING:
     from runtime.monitoring.autoscale import AutoscalePolicy
@@ -80,6 +81,8 @@ class Flag:
     repeatable: bool = False
     metavar: str | None = None
     default: Any = SETTING_DEFAULT
+    # The value of the flag given alone (`--log-requests` = `--log-requests true`).
+    const: Any = None
 
     @property
     def dest(self) -> str:
@@ -97,6 +100,9 @@ class Flag:
             options["choices"] = list(self.choices)
         if self.metavar is not None:
             options["metavar"] = self.metavar
+        if self.const is not None:
+            options["nargs"] = "?"
+            options["const"] = self.const
         if self.default is SETTING_DEFAULT:
             raise TypeError(f"flag {self.names[0]} has no default; see setting_flags()")
         if self.default is not None:
@@ -113,9 +119,10 @@ def flag(
     repeatable: bool = False,
     metavar: str | None = None,
     default: Any = SETTING_DEFAULT,
+    const: Any = None,
 ) -> dict[str, tuple[Flag, ...]]:
     """Field metadata: the one flag that fills a setting."""
-    return flags(Flag(names, help, type, choices, repeatable, metavar, default))
+    return flags(Flag(names, help, type, choices, repeatable, metavar, default, const))
 
 
 def flags(*declared: Flag) -> dict[str, tuple[Flag, ...]]:
@@ -338,6 +345,42 @@ class ServerConfig:
             default=(),
             metavar="API[,API...]:KEY=VALUE",
             help="require metadata KEY=VALUE for these APIs over gRPC",
+        ),
+    )
+    # Tracing and logs (runtime/monitoring/tracing.py, runtime/logs.py). The trace specs are
+    # Triton's; each is checked as it is parsed, and together as the server starts.
+    trace_config: list[str] = field(
+        default_factory=list,
+        metadata=flag(
+            "--trace-config",
+            repeatable=True,
+            default=(),
+            type=trace_spec,
+            metavar="[opentelemetry,]SETTING=VALUE",
+            help="tracing with OpenTelemetry (the `trace` extra), Triton's settings: level="
+            "TIMESTAMPS|OFF, rate=N (1 in N requests), count=N (-1: no limit), mode="
+            "opentelemetry; opentelemetry,url=http://HOST:PORT/v1/traces, "
+            "opentelemetry,resource=KEY=VALUE, opentelemetry,bsp_schedule_delay=MS, "
+            "opentelemetry,bsp_max_queue_size=N, opentelemetry,bsp_max_export_batch_size=N "
+            "(repeatable)",
+        ),
+    )
+    log_format: str = field(
+        default="default",
+        metadata=flag(
+            "--log-format",
+            choices=("default", "ISO8601", "json"),
+            help="log lines: default, ISO8601 (UTC times) or json (one object a line, with "
+            "request id, model, version, status, duration and trace id where they apply)",
+        ),
+    )
+    log_requests: bool = field(
+        default=False,
+        metadata=flag(
+            "--log-requests",
+            type=parse_bool,
+            const=True,
+            help="an access log line per inference request (default false)",
         ),
     )
     # Requests one model version queues when its config sets no max_queue_size. Triton

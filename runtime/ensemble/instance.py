@@ -218,6 +218,8 @@ class EnsembleInstance:
             protocol=outer.protocol,
             client_gone=outer.client_gone,
         )
+        if outer.trace is not None:  # a sampled request: each step is a child span
+            inner.trace = outer.trace.child(step.model_name)
         limit = self._limits.get(step.index)
         started = time.monotonic_ns()
         try:
@@ -227,7 +229,11 @@ class EnsembleInstance:
                 async with limit:
                     response = await model.infer(inner)
         except ServingError as exc:
+            if inner.trace is not None:
+                inner.trace.end(step.model_version, exc)
             raise _in_ensemble(self.name, step, exc) from None
+        if inner.trace is not None:
+            inner.trace.end(response.model_version)
         return step, response, time.monotonic_ns() - started
 
 

@@ -16,9 +16,11 @@ IMPLEMENTED_EXTENSIONS = {
     "model_configuration",
     "binary_tensor_data",
     "statistics",
+    "trace",
+    "logging",
 }
 
-NOT_IMPLEMENTED = {"system_shared_memory", "cuda_shared_memory", "sequence", "trace", "logging"}
+NOT_IMPLEMENTED = {"system_shared_memory", "cuda_shared_memory", "sequence"}
 
 
 def model_metadata(client: Any, protocol: str, name: str, version: str = "") -> dict[str, Any]:

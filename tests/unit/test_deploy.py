@@ -18,8 +18,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.cli import build_parser
+from runtime.dataplane import DataPlane
 from runtime.monitoring.metrics import Metrics
 from runtime.protocol.http.app import create_app
+from runtime.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -477,7 +479,7 @@ def test_container_args_are_flags_the_server_accepts() -> None:
 
 def test_probes_hit_routes_the_server_has() -> None:
     container = server_container()
-    app = create_app(None)  # type: ignore[arg-type]  # routes only; no request is served
+    app = create_app(DataPlane(Registry([])))  # routes only; no request is served
     paths = {getattr(r, "path", "") for r in app.routes}
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] in paths

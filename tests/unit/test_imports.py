@@ -280,3 +280,69 @@ def test_the_server_loads_no_training_library(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     )
     assert out.stdout.strip() == "[]"
+
+
+# The OpenTelemetry SDK (the `trace` extra) is loaded only once tracing turns on: one module
+# imports it, and only tracing.py imports that module, inside a function.
+OTEL_MODULE = "runtime/monitoring/otel.py"
+
+
+@pytest.mark.parametrize("path", sources(), ids=relative)
+def test_only_the_otel_module_imports_opentelemetry(path: Path) -> None:
+    rel = relative(path)
+    if rel != OTEL_MODULE:
+        assert "opentelemetry" not in imported_roots(path), rel
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    top_level = imported_modules_of(tree.body)
+    assert not {m for m in top_level if m.startswith("runtime.monitoring.otel")}, rel
+    if rel != "runtime/monitoring/tracing.py":
+        everywhere = imported_modules_of(ast.walk(tree))
+        assert not {m for m in everywhere if m.startswith("runtime.monitoring.otel")}, rel
+
+
+def imported_modules_of(nodes: Iterable[ast.AST]) -> set[str]:
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_server_loads_no_opentelemetry_with_tracing_off(tmp_path: Path) -> None:
+    code = (
+        "import sys, pathlib, runtime.server, runtime.cli\n"
+        "from runtime.config import ServerConfig\n"
+        "from tests import models\n"
+        f"root = pathlib.Path({str(tmp_path)!r})\n"
+        "models.add_sub_fp32(root)\n"
+        "config = ServerConfig([root], trace_config=['rate=1', 'opentelemetry,url=http://h:1/v1/traces'])\n"
+        "server = runtime.server.Server(config)\n"
+        "assert not server.dataplane.tracing.on\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    root = RUNTIME.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_server_loads_opentelemetry_with_tracing_on(tmp_path: Path) -> None:
+    """The check above can fail: with tracing on, the SDK is loaded at start."""
+    pytest.importorskip("opentelemetry.sdk", reason="tracing needs the `trace` extra")
+    code = (
+        "import sys, pathlib, runtime.server\n"
+        "from runtime.config import ServerConfig\n"
+        f"root = pathlib.Path({str(tmp_path)!r})\n"
+        "config = ServerConfig([root], trace_config=['level=TIMESTAMPS'])\n"
+        "server = runtime.server.Server(config)\n"
+        "assert server.dataplane.tracing.on\n"
+        "print('opentelemetry.sdk.trace' in sys.modules)"
+    )
+    root = RUNTIME.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert out.stdout.strip() == "True"

@@ -59,14 +59,17 @@ def named(deps: list[str], *, leave_out: tuple[str, ...] = ()) -> list[Requireme
 
 
 # Each lock file and what it must hold: the project's dependencies and some extras.
+# Tracing (the trace extra) is in every lock the server runs from.
 COVERS = {
-    "server.txt": named(PROJECT["dependencies"]),
+    "server.txt": named(PROJECT["dependencies"] + EXTRAS["trace"]),
     "dev.txt": named(
         PROJECT["dependencies"]
-        + [d for e in ("test", "proto", "bench", "publish", "train") for d in EXTRAS[e]],
+        + [d for e in ("test", "proto", "bench", "publish", "train", "trace") for d in EXTRAS[e]],
         leave_out=("torch",),  # its CPU build: torch-cpu.txt
     ),
-    "gpu.txt": named(PROJECT["dependencies"] + EXTRAS["gpu"], leave_out=("onnxruntime",)),
+    "gpu.txt": named(
+        PROJECT["dependencies"] + EXTRAS["gpu"] + EXTRAS["trace"], leave_out=("onnxruntime",)
+    ),
     "torch-cpu.txt": [r for r in named(EXTRAS["train"]) if r.name == "torch"],
 }
 

@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from runtime.access import Restriction
 from runtime.dataplane import DataPlane
 from runtime.errors import InternalError, InvalidInput, PermissionDenied, ServingError
+from runtime.logs import CALL_KEYS, REQUEST_ID_HEADER
 from runtime.proto import grpc_service_pb2 as pb
 from runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from runtime.protocol.grpc import codec
@@ -28,6 +29,11 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+
+
+def call_metadata(context: Any) -> dict[str, str]:
+    """The metadata an infer call reads (trace context, request id), by lower-case key."""
+    return {k: v for k, v in context.invocation_metadata() or () if k in CALL_KEYS}
 
 
 def status_code(exc: ServingError) -> grpc.StatusCode:
@@ -166,11 +172,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
+        """One infer call; its request id goes back in the trailing metadata."""
         received_ns = time.monotonic_ns()
-        decoded = codec.decode_request(request)
-        decoded.received_ns = received_ns
-        decoded.protocol = "grpc"
-        return codec.encode_response(await self.dp.infer(decoded))
+        version = request.model_version
+        call = self.dp.calls.begin(
+            "grpc", request.model_name, version, call_metadata(context), received_ns
+        )
+        # The native front end's context (runtime/protocol/grpc_native) sends no metadata.
+        if hasattr(context, "set_trailing_metadata"):
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        error: BaseException | None = None
+        try:
+            decoded = codec.decode_request(request)
+            decoded.received_ns = received_ns
+            decoded.protocol = "grpc"
+            decoded.trace = call.trace
+            response = await self.dp.infer(decoded)
+            version = response.model_version
+            return codec.encode_response(response)
+        except ServingError as exc:
+            error = exc
+            raise
+        except Exception as exc:  # logged with its request id by CallLog.end
+            error = exc
+            raise InternalError("internal server error") from None
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.dp.calls.end(call, version, error)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -223,6 +253,51 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         reply.infer_response.model_name = message.model_name
         return reply
 
+    @unary("trace")
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: Any
+    ) -> pb.TraceSettingResponse:
+        """Triton's trace extension: no settings reads them, an empty value clears one."""
+        changes: dict[str, Any] = {}
+        for key, setting in request.settings.items():
+            values = list(setting.value)
+            if key == "trace_level" or not values:
+                changes[key] = values or None
+            elif len(values) == 1:
+                changes[key] = values[0]
+            else:
+                raise InvalidInput(f"trace setting '{key}': expected one value, got {values}")
+        model = request.model_name
+        if changes:
+            settings = await self.dp.update_trace_settings(model, changes)
+        else:
+            settings = self.dp.trace_settings(model)
+        response = pb.TraceSettingResponse()
+        for key, value in settings.items():
+            response.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return response
+
+    @unary("logging")
+    async def LogSettings(
+        self, request: pb.LogSettingsRequest, context: Any
+    ) -> pb.LogSettingsResponse:
+        """Triton's logging extension: no settings reads them."""
+        changes: dict[str, Any] = {}
+        for key, setting in request.settings.items():
+            kind = setting.WhichOneof("parameter_choice")
+            changes[key] = None if kind is None else getattr(setting, kind)
+        settings = self.dp.logs.update(changes) if changes else self.dp.logs.settings()
+        response = pb.LogSettingsResponse()
+        for key, value in settings.items():
+            entry = response.settings[key]
+            if isinstance(value, bool):
+                entry.bool_param = value
+            elif isinstance(value, int):
+                entry.uint32_param = value
+            else:
+                entry.string_param = str(value)
+        return response
+
     async def _unimplemented(self, request: Any, context: Any) -> Any:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED, "this RPC is not implemented by Conveyor"
@@ -234,8 +309,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     CudaSharedMemoryStatus = _unimplemented
     CudaSharedMemoryRegister = _unimplemented
     CudaSharedMemoryUnregister = _unimplemented
-    TraceSetting = _unimplemented
-    LogSettings = _unimplemented
 
 
 def add_to_server(

@@ -28,7 +28,9 @@ from runtime.errors import (
     TooLarge,
     Unavailable,
 )
+from runtime.logs import REQUEST_ID_HEADER
 from runtime.monitoring.metrics import CONTENT_TYPE, Metrics
+from runtime.monitoring.tracing import RequestTrace
 from runtime.protocol.http import codec
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class Reply:
     media_type: str
     headers: dict[str, str]
     status: int = 200
+    model_version: str = ""  # the version that answered
 
 
 def check_restriction(restriction: Restriction | None, headers: Mapping[str, str]) -> None:
@@ -97,6 +100,7 @@ class HttpApi:
     def __init__(self, dataplane: DataPlane, max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> None:
         self.dp = dataplane
         self.max_input_size = max_input_size
+        self.calls = dataplane.calls
 
     # -- health and metadata ------------------------------------------------------------
 
@@ -137,6 +141,22 @@ class HttpApi:
     async def drift(self, request: Request) -> Response:
         return json_response(self.dp.drift(*_model(request)))
 
+    # -- trace and logging extensions ---------------------------------------------------
+
+    async def trace_settings(self, request: Request) -> Response:
+        """GET or POST the global trace settings, or a model's (no version: Triton's path)."""
+        model = request.path_params.get("name", "")
+        if request.method == "POST":
+            changes = codec.load_json_object(await self._body(request))
+            return json_response(await self.dp.update_trace_settings(model, changes))
+        return json_response(self.dp.trace_settings(model))
+
+    async def log_settings(self, request: Request) -> Response:
+        if request.method == "POST":
+            changes = codec.load_json_object(await self._body(request))
+            return json_response(self.dp.logs.update(changes))
+        return json_response(self.dp.logs.settings())
+
     # -- repository ---------------------------------------------------------------------
 
     async def repository_index(self, request: Request) -> Response:
@@ -173,11 +193,51 @@ class HttpApi:
         """The Starlette route; POSTs normally take InferFirst's path, which ends the same."""
         received_ns = time.monotonic_ns()
         name, version = _model(request)
-        body = await self._body(request)
-        reply = await self.infer_body(
-            name, version, request.headers, body, _disconnect_probe(request.receive), received_ns
-        )
-        return Response(reply.body, 200, headers=reply.headers, media_type=reply.media_type)
+        headers, receive = request.headers, request.receive
+        reply = await self.answer_infer(name, version, headers, receive, received_ns)
+        if reply is None:
+            raise Cancelled("the client went away while sending the request")
+        return Response(reply.body, reply.status, reply.headers, reply.media_type)
+
+    async def answer_infer(
+        self,
+        name: str,
+        version: str,
+        headers: Mapping[str, str],
+        receive: Receive,
+        received_ns: int,
+    ) -> Reply | None:
+        """One infer call, from its (lower-case) headers and body to its answer or error.
+
+        Every answer carries the call's request id; None when the client left while sending.
+        """
+        call = self.calls.begin("http", name, version, headers, received_ns)
+        answered = version
+        error: BaseException | None = None
+        try:
+            body = await self.read_body(receive, headers.get("content-length"))
+            if body is None:
+                error = Cancelled("the client went away while sending the request")
+                return None  # nobody to answer
+            probe = _disconnect_probe(receive)
+            trace = call.trace
+            reply = await self.infer_body(name, version, headers, body, probe, received_ns, trace)
+            answered = reply.model_version
+        except ServingError as exc:
+            error = exc
+            payload = orjson.dumps({"error": exc.message})
+            reply = Reply(payload, "application/json", _error_headers(exc) or {}, exc.http_status)
+        except Exception as exc:
+            error = exc
+            payload = orjson.dumps({"error": "internal server error"})
+            reply = Reply(payload, "application/json", {}, 500)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.calls.end(call, answered, error)
+        reply.headers[REQUEST_ID_HEADER] = call.request_id
+        return reply
 
     async def infer_body(
         self,
@@ -187,6 +247,7 @@ class HttpApi:
         body: bytes,
         client_gone: Callable[[], bool] | None,
         received_ns: int,
+        trace: RequestTrace | None = None,
     ) -> Reply:
         """One infer request from its body and (lower-case) headers to the answer's bytes."""
         body = codec.decompress(body, headers.get("content-encoding", ""), self.max_input_size)
@@ -199,6 +260,7 @@ class HttpApi:
         decoded.request.client_gone = client_gone
         decoded.request.received_ns = received_ns
         decoded.request.protocol = "http"
+        decoded.request.trace = trace
         response = await self.dp.infer(decoded.request)
         payload, header_length = codec.encode_response(response, decoded)
         extra: dict[str, str] = {}
@@ -209,7 +271,7 @@ class HttpApi:
         if encoding:
             payload = codec.compress(payload, encoding)
             extra["Content-Encoding"] = encoding
-        return Reply(payload, media, extra)
+        return Reply(payload, media, extra, model_version=response.model_version)
 
     async def _body(self, request: Request) -> bytes:
         body = await self.read_body(request.receive, request.headers.get("content-length"))
@@ -329,19 +391,13 @@ class InferFirst:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             check_restriction(self.restriction, headers)
-            body = await self.api.read_body(receive, headers.get("content-length"))
-            if body is None:
-                return  # the client left; nobody to answer
-            reply = await self.api.infer_body(
-                name, version, headers, body, _disconnect_probe(receive), received_ns
-            )
-        except ServingError as exc:
+        except PermissionDenied as exc:
             payload = orjson.dumps({"error": exc.message})
-            reply = Reply(payload, "application/json", _error_headers(exc) or {}, exc.http_status)
-        except Exception:
-            log.exception("internal error on POST %s", scope["path"])
-            payload = orjson.dumps({"error": "internal server error"})
-            reply = Reply(payload, "application/json", {}, 500)
+            reply: Reply | None = Reply(payload, "application/json", {}, exc.http_status)
+        else:
+            reply = await self.api.answer_infer(name, version, headers, receive, received_ns)
+        if reply is None:
+            return  # the client left; nobody to answer
         raw = [
             (b"content-length", b"%d" % len(reply.body)),
             (b"content-type", reply.media_type.encode()),
@@ -375,6 +431,12 @@ def create_app(
         route("/v2/repository/models/{name}/load", api.load, "model-repository", "POST"),
         route("/v2/repository/models/{name}/unload", api.unload, "model-repository", "POST"),
     ]
+    for method in ("GET", "POST"):
+        routes += [
+            route("/v2/trace/setting", api.trace_settings, "trace", method),
+            route(model + "/trace/setting", api.trace_settings, "trace", method),
+            route("/v2/logging", api.log_settings, "logging", method),
+        ]
     for prefix in (model, versioned):
         routes += [
             route(prefix, api.model_metadata, "metadata"),
