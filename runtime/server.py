@@ -179,9 +179,7 @@ class Server:
 
     async def _start_grpc(self) -> None:
         if self.config.grpc_frontend == "native":
-            tls = self.config.grpc_use_ssl or self.config.grpc_use_ssl_mutual
-            restrictions = self.config.grpc_restrictions
-            self._native_grpc = grpc_native.load(self.dataplane, restrictions, tls)
+            self._native_grpc = grpc_native.load(self.dataplane, self.config)
         if self._native_grpc is not None:
             address = f"{_display_host(self.config.host)}:{self.config.grpc_port}"
             self.grpc_port = await self._native_grpc.start(address)

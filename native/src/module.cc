@@ -7,12 +7,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <grpcpp/impl/codegen/proto_utils.h>
+#include <pthread.h>
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -111,15 +114,6 @@ class View {
   Py_buffer view_{};
 };
 
-// One answer, taken from Python under the GIL and sent without it.
-struct Answer {
-  std::shared_ptr<Call> call;
-  std::unique_ptr<inference::ModelInferResponse> response;  // serialised without the GIL
-  std::unique_ptr<grpc::ByteBuffer> message;
-  grpc::Status status;
-  bool close = false;
-};
-
 std::unique_ptr<inference::ModelInferResponse> InferResponse(const py::tuple& answer) {
   auto msg = std::make_unique<inference::ModelInferResponse>();
   msg->set_model_name(answer[2].cast<std::string>());
@@ -146,6 +140,19 @@ std::unique_ptr<grpc::ByteBuffer> Message(const py::handle& object) {
 // Answer kinds, the second element of each answer tuple.
 enum AnswerKind : int { kInferResponse = 0, kMessage = 1, kError = 2, kClose = 3 };
 
+// gRPC asserts on an OK "error" and on codes it does not know: those become INTERNAL.
+grpc::StatusCode ErrorCode(int code) {
+  if (code <= 0 || code > grpc::StatusCode::UNAUTHENTICATED) return grpc::StatusCode::INTERNAL;
+  return static_cast<grpc::StatusCode>(code);
+}
+
+Answer Internal(std::shared_ptr<Call> call) {
+  Answer out;
+  out.call = std::move(call);
+  out.status = grpc::Status(grpc::StatusCode::INTERNAL, "internal server error");
+  return out;
+}
+
 Answer TakeAnswer(const py::tuple& answer, std::shared_ptr<Call> call) {
   Answer out;
   out.call = std::move(call);
@@ -157,8 +164,7 @@ Answer TakeAnswer(const py::tuple& answer, std::shared_ptr<Call> call) {
       out.message = Message(answer[2]);
       break;
     case kError:
-      out.status = grpc::Status(static_cast<grpc::StatusCode>(answer[2].cast<int>()),
-                                answer[3].cast<std::string>());
+      out.status = grpc::Status(ErrorCode(answer[2].cast<int>()), answer[3].cast<std::string>());
       break;
     case kClose:
       out.close = true;
@@ -169,47 +175,56 @@ Answer TakeAnswer(const py::tuple& answer, std::shared_ptr<Call> call) {
   return out;
 }
 
-void Send(Answer& answer) {
-  if (answer.response) {
-    auto buffer = std::make_unique<grpc::ByteBuffer>();
-    bool own = false;
-    grpc::Status status = grpc::SerializationTraits<inference::ModelInferResponse>::Serialize(
-        *answer.response, buffer.get(), &own);
-    if (status.ok()) {
-      answer.call->Write(std::move(buffer));
-    } else {
-      answer.call->Fail(status);
-    }
-  } else if (answer.message) {
-    answer.call->Write(std::move(answer.message));
-  } else if (answer.close) {
-    answer.call->Close(grpc::Status::OK);
-  } else {
-    answer.call->Fail(answer.status);
-  }
+// TLS settings as Python passes them: the server's key and certificate chain (PEM), the
+// root certificates that sign client certificates (PEM, empty for none), and whether a
+// client must present one (mutual TLS).
+using Tls = std::tuple<std::string, std::string, std::string, bool>;
+
+// grpc.ssl_server_credentials' choices, so both front ends treat clients alike: without
+// mutual TLS no client certificate is asked for; with it, one signed by the roots is required.
+std::shared_ptr<grpc::ServerCredentials> Credentials(const std::optional<Tls>& tls) {
+  if (!tls) return grpc::InsecureServerCredentials();
+  const auto& [key, chain, roots, mutual] = *tls;
+  grpc::SslServerCredentialsOptions options(
+      mutual ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+             : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  options.pem_root_certs = roots;
+  options.pem_key_cert_pairs.push_back({key, chain});
+  return grpc::SslServerCredentials(options);
 }
 
 class Server {
  public:
-  Server(std::vector<std::string> metadata_keys, int max_message_bytes)
-      : core_(std::make_unique<Core>(std::move(metadata_keys))),
+  Server(std::vector<std::string> metadata_keys, int max_message_bytes, int max_calls)
+      : core_(std::make_unique<Core>(std::move(metadata_keys), max_calls)),
         max_message_bytes_(max_message_bytes) {}
 
-  int Start(const std::string& address) {
+  int Start(const std::string& address, const std::optional<Tls>& tls) {
     if (server_) throw std::runtime_error("the server is already started");
     int port = 0;
     {
       py::gil_scoped_release release;
       grpc::ServerBuilder builder;
-      builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+      builder.AddListeningPort(address, Credentials(tls), &port);
       builder.SetMaxReceiveMessageSize(max_message_bytes_);
       builder.SetMaxSendMessageSize(max_message_bytes_);
-      builder.RegisterCallbackGenericService(core_.get());
+      core_->Register(builder);
       server_ = builder.BuildAndStart();
+      if (server_ && port != 0) {
+        poller_ = std::thread([core = core_.get()] {
+          pthread_setname_np(pthread_self(), "conveyor-grpc");  // as profilers show it
+          core->Run();
+        });
+      }
     }
     if (!server_ || port == 0) {
-      server_.reset();
-      throw std::runtime_error("cannot bind gRPC to " + address);
+      {
+        py::gil_scoped_release release;
+        Stop(std::chrono::system_clock::now());
+      }
+      // gRPC logs the cause; with TLS it is most often a certificate or key it cannot read.
+      throw std::runtime_error("cannot bind gRPC to " + address +
+                               (tls ? " over TLS (is the server's key the certificate's?)" : ""));
     }
     return port;
   }
@@ -221,21 +236,23 @@ class Server {
   py::list Drain() {
     std::vector<Event> events = core_->Take();
     py::list out;
+    std::vector<Answer> failed;
     for (const Event& event : events) {
       try {
         out.append(EventTuple(event));
       } catch (const std::exception&) {
         if (std::shared_ptr<Call> call = core_->Find(event.call_id)) {
-          py::gil_scoped_release release;
-          call->Fail(grpc::Status(grpc::StatusCode::INTERNAL, "internal server error"));
+          failed.push_back(Internal(std::move(call)));
         }
       }
     }
+    core_->Submit(std::move(failed));
     return out;
   }
 
-  // Every call answered is finished; one whose answer cannot be read fails with INTERNAL,
-  // and the first such error is raised once all the others are sent.
+  // Every call answered is finished (by the queue's thread, see Core::Submit); one whose
+  // answer cannot be read fails with INTERNAL, and the first such error is raised once all
+  // the others are submitted.
   void Finish(const py::list& answers) {
     std::vector<Answer> taken;
     taken.reserve(answers.size());
@@ -249,32 +266,26 @@ class Server {
         taken.push_back(TakeAnswer(answer, call));
       } catch (const std::exception& exc) {
         if (error.empty()) error = exc.what();
-        if (call) {
-          taken.push_back(Answer{call, nullptr, nullptr,
-                                 grpc::Status(grpc::StatusCode::INTERNAL, "internal server error")});
-        }
+        if (call) taken.push_back(Internal(std::move(call)));
       }
     }
-    {
-      py::gil_scoped_release release;
-      for (Answer& answer : taken) Send(answer);
-    }
+    core_->Submit(std::move(taken));
     if (!error.empty()) throw std::runtime_error("bad answer: " + error);
   }
 
   void Fail(uint64_t call_id, int code, const std::string& message) {
     std::shared_ptr<Call> call = core_->Find(call_id);
     if (!call) return;
-    py::gil_scoped_release release;
-    call->Fail(grpc::Status(static_cast<grpc::StatusCode>(code), message));
+    std::vector<Answer> failed(1);
+    failed[0].call = std::move(call);
+    failed[0].status = grpc::Status(ErrorCode(code), message);
+    core_->Submit(std::move(failed));
   }
 
   ~Server() {
     if (server_) {
       py::gil_scoped_release release;
-      server_->Shutdown(std::chrono::system_clock::now());
-      server_->Wait();
-      server_.reset();
+      Stop(std::chrono::system_clock::now());
     }
   }
   Server(const Server&) = delete;
@@ -287,14 +298,27 @@ class Server {
     auto deadline = std::chrono::system_clock::now() +
                     std::chrono::duration_cast<std::chrono::system_clock::duration>(
                         std::chrono::duration<double>(grace_s));
-    server_->Shutdown(deadline);
-    server_->Wait();
-    server_.reset();
+    Stop(deadline);
   }
 
  private:
+  // Without the GIL: the server first (calls past the deadline are cancelled), then the
+  // queue's thread once every call is over.
+  void Stop(std::chrono::system_clock::time_point deadline) {
+    if (!server_) return;
+    core_->Stopping();
+    server_->Shutdown(deadline);
+    server_->Wait();
+    if (poller_.joinable()) {
+      core_->Stop();
+      poller_.join();
+    }
+    server_.reset();
+  }
+
   std::unique_ptr<Core> core_;  // declared first: it must outlive the server using it
   std::unique_ptr<grpc::Server> server_;
+  std::thread poller_;  // runs core_->Run()
   int max_message_bytes_;
 };
 
@@ -315,9 +339,9 @@ PYBIND11_MODULE(_native, m) {
       .def("__len__", [](const Blob& blob) { return blob.bytes->size(); });
 
   py::class_<Server>(m, "Server")
-      .def(py::init<std::vector<std::string>, int>(), py::arg("metadata_keys"),
-           py::arg("max_message_bytes"))
-      .def("start", &Server::Start, py::arg("address"))
+      .def(py::init<std::vector<std::string>, int, int>(), py::arg("metadata_keys"),
+           py::arg("max_message_bytes"), py::arg("max_concurrent_rpcs"))
+      .def("start", &Server::Start, py::arg("address"), py::arg("tls") = py::none())
       .def("fileno", &Server::Fileno)
       .def("drain", &Server::Drain)
       .def("finish", &Server::Finish, py::arg("answers"))

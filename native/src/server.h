@@ -1,17 +1,29 @@
 // inference.GRPCInferenceService on gRPC C++, handing calls to Python in groups.
 //
-// gRPC's threads accept every call through one callback generic service (so one port
-// serves every RPC, known or not), decode ModelInferRequest themselves and queue an event
-// for Python. The queue wakes the event loop through an eventfd only when it goes from
+// One thread of ours drives gRPC through its completion queue (the async API): it polls the
+// sockets, decodes ModelInferRequest, queues an event for Python, and sends Python's
+// answers. gRPC's callback API would run the same work on two threads of its own plus its
+// executor, handing each call between them, and a call finished from Python's thread wakes
+// the polling thread once per call; on a small machine those hand-offs (context switches)
+// cost more than the work. Here a group of calls costs two: the wake of the event loop and,
+// for the answers, the wake of this thread.
+//
+// ModelInfer is a registered method, so gRPC reads its whole request before handing it over;
+// every other method, known or not, comes through the generic service, so one port serves
+// them all. The event queue wakes the event loop through an eventfd only when it goes from
 // empty to non-empty, so one wake-up and one GIL acquisition take every call that arrived
-// meanwhile. Python answers a group of calls with one `finish` call; the messages are
-// serialised and the calls finished with the GIL released. No gRPC thread ever takes the GIL.
+// meanwhile. Python answers a group of calls with one `finish` call, which hands them to
+// this thread; it serialises the messages and finishes the calls. No gRPC thread takes the
+// GIL.
 #pragma once
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/async_unary_call.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -47,74 +59,195 @@ struct Event {
 };
 
 class Core;
+class Call;
 
-// One call, unary or streaming, from creation until gRPC reports it done. Python refers
-// to it by id; `Core` keeps it alive while it is registered, and any holder of a
-// shared_ptr (a `finish` in progress) keeps it alive until it lets go.
-class Call : public grpc::ServerGenericBidiReactor {
+// A completion queue tag: which operation of which call completed (kAnswers, without a
+// call: Python has submitted answers).
+struct Op {
+  enum Kind { kRequested, kRead, kWrite, kFinish, kDone, kAnswers };
+  Call* call;
+  Kind kind;
+};
+
+// One answer from Python: a response to serialise, a message, a status, or the end of a
+// stream. Taken under the GIL, sent (Send) on the queue's thread.
+struct Answer {
+  std::shared_ptr<Call> call;
+  std::unique_ptr<inference::ModelInferResponse> response;
+  std::unique_ptr<grpc::ByteBuffer> message;
+  grpc::Status status;
+  bool close = false;
+};
+
+void Send(Answer& answer);
+
+// One call, from the request for it until every operation on it has completed. Python
+// refers to it by id. `Core` keeps it registered (alive) while operations are outstanding;
+// any holder of a shared_ptr (an answer on its way) keeps it alive until it lets go. Every
+// operation starts on the queue's thread (Python's answers come through Core::Submit); `mu_`
+// guards the state all the same, for the price of a lock nobody contends, so that no path
+// depends on which thread it runs on to be correct.
+class Call {
  public:
-  Call(Core* core, grpc::GenericCallbackServerContext* context, uint64_t id);
-  void Begin();
+  Call(Core* core, uint64_t id);
+  virtual ~Call() = default;
 
   // Unary answers: exactly one of these finishes the call; later ones are ignored.
-  void Respond(std::unique_ptr<grpc::ByteBuffer> response);
+  virtual void Respond(std::unique_ptr<grpc::ByteBuffer> response) = 0;
   void Fail(grpc::Status status);
   // Streaming answers: messages are written in order, then the stream is finished.
   void Write(std::unique_ptr<grpc::ByteBuffer> message);
   void Close(grpc::Status status);
 
-  void OnReadDone(bool ok) override;
-  void OnWriteDone(bool ok) override;
-  void OnCancel() override;
-  void OnDone() override;
+  // On the queue's thread: an operation completed.
+  void Complete(Op::Kind kind, bool ok);
+  virtual bool infer() const = 0;
 
- private:
-  void ReadUnary();
-  void ReadInfer();
-  bool TakeFinish();
-  Metadata SelectedMetadata() const;
+ protected:
+  virtual grpc::ServerContext& context() = 0;
+  virtual void Request() = 0;  // ask gRPC for the next call of this kind, tagged requested_
+  virtual void Started() = 0;  // the call arrived (admitted)
+  virtual void ReadDone(bool ok) = 0;
+  virtual void StartWrite(grpc::ByteBuffer* message) = 0;
+  virtual void StartFinish(const grpc::Status& status) = 0;
 
-  Core* core_;
-  grpc::GenericCallbackServerContext* context_;
+  // Under mu_: one more operation outstanding (the caller starts it after unlocking).
+  void Hold() { ++outstanding_; }
+  bool streaming_ = false;
+
+  Core* const core_;
   const uint64_t id_;
-  const bool streaming_;
-  const bool infer_;
-  grpc::ByteBuffer incoming_;
+  Op requested_{this, Op::kRequested}, read_{this, Op::kRead}, write_{this, Op::kWrite},
+      finish_{this, Op::kFinish}, done_{this, Op::kDone};
 
   std::mutex mu_;
-  bool finished_ = false;           // Finish (or StartWriteAndFinish) was called
-  bool close_requested_ = false;    // streaming: finish once the writes are out
+  int outstanding_ = 1;           // the request for the call
+  bool admitted_ = false;         // counted against the limit on calls in flight
+  bool finished_ = false;         // Finish was started (or is due once the writes are out)
+  bool close_requested_ = false;  // streaming: finish once the writes are out
   bool writing_ = false;
   grpc::Status close_status_;
   std::deque<std::unique_ptr<grpc::ByteBuffer>> writes_;
-  std::unique_ptr<grpc::ByteBuffer> response_;
+  std::unique_ptr<grpc::ByteBuffer> last_;  // the message the final op sends
+
+ private:
+  friend class Core;
+  void Begin();  // the first Request, holding the done tag for when the call starts
+  void OnRequested(bool ok);
+  void OnDone();
+  void WriteDone(bool ok);
 };
 
-// The state the calls and the Python-facing server share: the event queue and its
-// eventfd, and the registry of live calls by id.
-class Core : public grpc::CallbackGenericService {
+// A ModelInfer call: the request arrives whole with the call.
+class InferCall : public Call {
  public:
-  explicit Core(std::vector<std::string> metadata_keys);
-  ~Core() override;
+  InferCall(Core* core, uint64_t id);
+  void Respond(std::unique_ptr<grpc::ByteBuffer> response) override;
+  bool infer() const override { return true; }
 
-  grpc::ServerGenericBidiReactor* CreateReactor(
-      grpc::GenericCallbackServerContext* context) override;
+ protected:
+  grpc::ServerContext& context() override { return context_; }
+  void Request() override;
+  void Started() override;
+  void ReadDone(bool /*ok*/) override {}                      // the request comes whole
+  void StartWrite(grpc::ByteBuffer* /*message*/) override {}  // unary: Respond sends it
+  void StartFinish(const grpc::Status& status) override;
+
+ private:
+  grpc::ServerContext context_;
+  grpc::ByteBuffer request_;
+  grpc::ServerAsyncResponseWriter<grpc::ByteBuffer> responder_{&context_};
+};
+
+// Any other call, unary or streaming, through the generic service.
+class GenericCall : public Call {
+ public:
+  GenericCall(Core* core, uint64_t id);
+  void Respond(std::unique_ptr<grpc::ByteBuffer> response) override;
+  bool infer() const override { return false; }
+
+ protected:
+  grpc::ServerContext& context() override { return context_; }
+  void Request() override;
+  void Started() override;
+  void ReadDone(bool ok) override;
+  void StartWrite(grpc::ByteBuffer* message) override;
+  void StartFinish(const grpc::Status& status) override;
+
+ private:
+  grpc::GenericServerContext context_;
+  grpc::GenericServerAsyncReaderWriter stream_{&context_};
+  grpc::ByteBuffer incoming_;
+};
+
+// ModelInfer as a registered method taking and giving bytes (the rest stay generic).
+class InferService : public grpc::Service {
+ public:
+  InferService();
+  void RequestInfer(grpc::ServerContext* context, grpc::ByteBuffer* request,
+                    grpc::ServerAsyncResponseWriter<grpc::ByteBuffer>* responder,
+                    grpc::ServerCompletionQueue* queue, void* tag);
+};
+
+// What the calls and the Python-facing server share: the services and the completion
+// queue, the event queue and its eventfd, the registry of calls by id, and the count of
+// calls in flight.
+class Core {
+ public:
+  // max_calls: calls in flight at once (a stream counts as one), 0 for no limit; beyond
+  // it a call is answered RESOURCE_EXHAUSTED at once.
+  Core(std::vector<std::string> metadata_keys, int max_calls);
+  ~Core();
+
+  void Register(grpc::ServerBuilder& builder);  // before BuildAndStart
+  void Run();  // the queue's thread: request calls, then serve completions until Stop
+  // Shutting down: no more calls are requested; then, once the server has shut down and
+  // every call is over, the queue shuts down and Run returns.
+  void Stopping() { stopping_ = true; }
+  void Stop();
+
+  InferService& infer_service() { return infer_service_; }
+  grpc::AsyncGenericService& generic_service() { return generic_service_; }
+  grpc::ServerCompletionQueue* queue() { return completion_queue_.get(); }
 
   void Post(Event event);
   std::vector<Event> Take();
+  // From Python's thread: answers for the queue's thread to send, woken once per group.
+  void Submit(std::vector<Answer> answers);
+
   std::shared_ptr<Call> Find(uint64_t call_id);
-  void Forget(uint64_t call_id);
+  Metadata SelectedMetadata(const grpc::ServerContext& context) const;
+  grpc::Status Refusal() const;
   int fd() const { return event_fd_; }
-  const std::vector<std::string>& metadata_keys() const { return metadata_keys_; }
 
  private:
+  friend class Call;
+  bool Admit();
+  void Release();  // an admitted call is over
+  void Spawn(bool infer);  // request one more call of a kind
+  void Forget(uint64_t call_id);
+  void SendAnswers();
+
   const std::vector<std::string> metadata_keys_;
+  const int max_calls_;
+  std::atomic<int> calls_in_flight_{0};
   int event_fd_;
   std::atomic<uint64_t> next_id_{1};
+  std::atomic<bool> stopping_{false};
   std::mutex queue_mu_;
   std::vector<Event> queue_;
   std::mutex calls_mu_;
+  std::condition_variable calls_gone_;
   std::unordered_map<uint64_t, std::shared_ptr<Call>> calls_;
+  InferService infer_service_;
+  grpc::AsyncGenericService generic_service_;
+  std::unique_ptr<grpc::ServerCompletionQueue> completion_queue_;
+  std::mutex answers_mu_;
+  std::vector<Answer> answers_;
+  bool answers_due_ = false;  // the alarm is set: the queue's thread will take answers_
+  bool closed_ = false;       // the queue is shut down: every call is over, answers are moot
+  grpc::Alarm alarm_;         // how another thread puts a tag on the queue
+  Op answers_op_{nullptr, Op::kAnswers};
 };
 
 }  // namespace conveyor

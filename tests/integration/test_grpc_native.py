@@ -3,11 +3,14 @@
 The protocol itself is held to the same tests as grpc.aio by running the gRPC suite with
 CONVEYOR_GRPC_FRONTEND=native; these tests cover the native server's own parts: every RPC
 on its one port, calls arriving in groups, the two decoders, malformed and oversized
-messages, clients that vanish, draining on SIGTERM, and the fallback to grpc.aio.
+messages, clients that vanish, draining on SIGTERM, the limit on calls in flight, TLS
+(plain and mutual) and the fallback to grpc.aio.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import queue
 import re
@@ -29,6 +32,7 @@ from tritonclient.utils import InferenceServerException
 from tests.integration.conftest import (
     CLIENT_TIMEOUT_S,
     SHUTDOWN_TIMEOUT_S,
+    BoundedGrpcClient,
     ServerProcess,
     add_sub_inputs,
     check_still_serving,
@@ -38,6 +42,7 @@ from tests.integration.conftest import (
     start_server,
 )
 from tests.integration.test_infer import assert_outputs
+from tests.integration.test_tls import _issue as issue_certificate
 from tests.models import reference
 
 pytest.importorskip("conveyor_grpc_native", reason="the native extension is not built")
@@ -280,6 +285,28 @@ def test_sigterm_answers_every_queued_call(test_repo: Path, frontend: str) -> No
         srv.stop()
 
 
+def test_sigterm_ends_a_stream_left_open(test_repo: Path) -> None:
+    """A stream its client keeps open does not hold the server past its exit timeout: the
+    stream ends with an error status and the server exits 0."""
+    srv = start_server(test_repo, *NATIVE, "--exit-timeout-secs", "1")
+    c = grpcclient.InferenceServerClient(srv.grpc_url)
+    try:
+        errors: queue.Queue[Any] = queue.Queue()
+        c.start_stream(callback=lambda result, error: errors.put(error))
+        x = np.ones((1, 4), np.float32)
+        c.async_stream_infer("add_sub_fp32", inputs_of("grpc", {"INPUT0": x, "INPUT1": x}))
+        assert errors.get(timeout=CLIENT_TIMEOUT_S) is None  # answered, and left open
+        srv.process.send_signal(signal.SIGTERM)
+        assert srv.process.wait(SHUTDOWN_TIMEOUT_S) == 0, srv.log_text()
+        ended = errors.get(timeout=CLIENT_TIMEOUT_S)
+        assert isinstance(ended, InferenceServerException)
+        assert ended.status() in ("StatusCode.CANCELLED", "StatusCode.UNAVAILABLE"), ended
+    finally:
+        c.stop_stream()
+        c.close()
+        srv.stop()
+
+
 def test_without_the_extension_grpc_falls_back_to_aio(test_repo: Path, tmp_path: Path) -> None:
     hidden = tmp_path / "conveyor_grpc_native"
     hidden.mkdir()
@@ -290,3 +317,198 @@ def test_without_the_extension_grpc_falls_back_to_aio(test_repo: Path, tmp_path:
         assert "not built here" in log
         assert not re.search(r"GRPCInferenceService at \S+ \(native\)", log)
         check_still_serving(srv)
+
+
+# -- the limit on calls in flight ------------------------------------------------------------
+
+MAX_RPCS = 2
+FREED_WITHIN_S = 10.0
+
+
+@contextlib.contextmanager
+def held_streams(srv: ServerProcess, count: int) -> Iterator[None]:
+    """`count` open ModelStreamInfer calls, each known to the server (it answered on it)."""
+    clients = []
+    try:
+        for i in range(count):
+            client = grpcclient.InferenceServerClient(srv.grpc_url)
+            clients.append(client)
+            answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+            client.start_stream(callback=lambda result, error, q=answers: q.put((result, error)))
+            x = np.full((1, 4), i, np.float32)
+            client.async_stream_infer("add_sub_fp32", inputs_of("grpc", {"INPUT0": x, "INPUT1": x}))
+            result, error = answers.get(timeout=CLIENT_TIMEOUT_S)
+            assert error is None, error
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x + x)
+        yield
+    finally:
+        for client in clients:
+            client.stop_stream()
+            client.close()
+
+
+def infer_once(srv: ServerProcess) -> None:
+    c = make_client("grpc", srv)
+    try:
+        arrays = add_sub_inputs(seed=5, rows=1)
+        assert_outputs(
+            c.infer("add_sub_fp32", inputs_of("grpc", arrays)), reference("add_sub_fp32", arrays)
+        )
+    finally:
+        c.close()
+
+
+def infer_once_freed(srv: ServerProcess) -> None:
+    """The server sees a stream end a moment after its client lets go: bounded retries."""
+    deadline = time.monotonic() + FREED_WITHIN_S
+    while True:
+        try:
+            infer_once(srv)
+            return
+        except InferenceServerException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def limited(test_repo: Path) -> Iterator[ServerProcess]:
+    with running_server(test_repo, *NATIVE, "--grpc-max-concurrent-rpcs", str(MAX_RPCS)) as srv:
+        yield srv
+
+
+def test_calls_up_to_the_limit_are_served(limited: ServerProcess) -> None:
+    with held_streams(limited, MAX_RPCS - 1):
+        infer_once(limited)
+
+
+@pytest.mark.parametrize("rpc", ["ModelInfer", "ServerLive"])
+def test_calls_past_the_limit_are_refused_at_once(limited: ServerProcess, rpc: str) -> None:
+    with held_streams(limited, MAX_RPCS):
+        c = make_client("grpc", limited)
+        try:
+            if rpc == "ModelInfer":
+                arrays = add_sub_inputs(seed=1, rows=1)
+                call = functools.partial(c.infer, "add_sub_fp32", inputs_of("grpc", arrays))
+            else:
+                call = c.is_server_live
+            with pytest.raises(InferenceServerException) as refused:
+                call()
+        finally:
+            c.close()
+    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED", refused.value
+    assert f"--grpc-max-concurrent-rpcs {MAX_RPCS}" in str(refused.value.message())
+    infer_once_freed(limited)
+    check_still_serving(limited)
+
+
+def test_a_limit_of_0_is_no_limit(test_repo: Path) -> None:
+    with (
+        running_server(test_repo, *NATIVE, "--grpc-max-concurrent-rpcs", "0") as srv,
+        held_streams(srv, 4),
+    ):
+        infer_once(srv)
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("tls")
+    ca = issue_certificate(tmp, "ca", None)
+    issue_certificate(tmp, "server", ca)
+    issue_certificate(tmp, "client", ca)
+    issue_certificate(tmp, "stranger", None)  # trusted by nobody
+    return tmp
+
+
+def tls_flags(certs: Path, mutual: bool) -> tuple[str, ...]:
+    return (
+        "--grpc-use-ssl-mutual" if mutual else "--grpc-use-ssl", "true",
+        "--grpc-server-cert", str(certs / "server.crt"),
+        "--grpc-server-key", str(certs / "server.key"),
+        *(("--grpc-root-cert", str(certs / "ca.crt")) if mutual else ()),
+    )  # fmt: skip
+
+
+def tls_client(srv: ServerProcess, certs: Path, roots: str, identity: str | None) -> Any:
+    extra = {}
+    if identity is not None:
+        extra = {
+            "private_key": str(certs / f"{identity}.key"),
+            "certificate_chain": str(certs / f"{identity}.crt"),
+        }
+    inner = grpcclient.InferenceServerClient(
+        srv.grpc_url, ssl=True, root_certificates=str(certs / f"{roots}.crt"), **extra
+    )
+    return BoundedGrpcClient(inner, CLIENT_TIMEOUT_S)
+
+
+def check_tls_inference(client: Any) -> None:
+    arrays = add_sub_inputs(seed=9, rows=2)
+    assert_outputs(
+        client.infer("add_sub_fp32", inputs_of("grpc", arrays)), reference("add_sub_fp32", arrays)
+    )
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual"])
+def test_tls_is_served_natively(test_repo: Path, certs: Path, mutual: bool) -> None:
+    with running_server(test_repo, *NATIVE, *tls_flags(certs, mutual)) as srv:
+        assert re.search(r"GRPCInferenceService at \S+ \(native\)", srv.log_text())
+        assert "WARNING" not in srv.log_text()
+        trusted = tls_client(srv, certs, "ca", "client" if mutual else None)
+        try:
+            check_tls_inference(trusted)
+        finally:
+            trusted.close()
+        # (roots the client trusts, its certificate): one that does not trust the server;
+        # with mutual TLS also one with no certificate and one whose certificate no CA signed.
+        refused: list[tuple[str, str | None]] = [("stranger", None)]
+        if mutual:
+            refused += [("ca", None), ("ca", "stranger")]
+        for roots, identity in refused:
+            client = tls_client(srv, certs, roots, identity)
+            try:
+                with pytest.raises(InferenceServerException) as info:
+                    client.is_server_ready(client_timeout=10)
+                assert info.value.status() == "StatusCode.UNAVAILABLE", (roots, identity)
+            finally:
+                client.close()
+        plain = make_client("grpc", srv)  # no TLS at all
+        try:
+            with pytest.raises(InferenceServerException) as info:
+                plain.is_server_ready(client_timeout=10)
+            assert info.value.status() == "StatusCode.UNAVAILABLE"
+        finally:
+            plain.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--grpc-use-ssl", "true"), "--grpc-use-ssl needs --grpc-server-cert"),
+        (("--grpc-use-ssl-mutual", "true"), "--grpc-use-ssl needs --grpc-server-cert"),
+    ],
+)
+def test_tls_without_its_files_stops_the_start(
+    test_repo: Path, flags: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        start_server(test_repo, *NATIVE, *flags)
+
+
+def test_mutual_tls_without_a_root_certificate_stops_the_start(
+    test_repo: Path, certs: Path
+) -> None:
+    flags = [f for f in tls_flags(certs, mutual=True) if f != str(certs / "ca.crt")]
+    flags.remove("--grpc-root-cert")
+    with pytest.raises(RuntimeError, match="--grpc-use-ssl-mutual needs --grpc-root-cert"):
+        start_server(test_repo, *NATIVE, *flags)
+
+
+def test_a_key_that_is_not_the_certificates_stops_the_start(test_repo: Path, certs: Path) -> None:
+    flags = [str(certs / "stranger.key") if f.endswith("server.key") else f
+             for f in tls_flags(certs, mutual=False)]  # fmt: skip
+    with pytest.raises(RuntimeError, match="over TLS"):
+        start_server(test_repo, *NATIVE, *flags)

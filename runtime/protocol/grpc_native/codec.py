@@ -8,6 +8,7 @@ codec (runtime.protocol.grpc.codec, which decodes every other request).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -73,4 +74,11 @@ def _raw(data: np.ndarray, datatype: str) -> Any:
     copies it straight into the response message."""
     if datatype == "BYTES":
         return tensors.to_raw(data, datatype)
-    return np.ascontiguousarray(data, dtype=tensors.numpy_dtype(datatype).newbyteorder("<"))
+    return np.ascontiguousarray(data, dtype=_little_endian(datatype))
+
+
+@functools.cache
+def _little_endian(datatype: str) -> np.dtype:
+    """The little-endian numpy dtype of a datatype (made once: newbyteorder builds a new
+    dtype object on every call)."""
+    return tensors.numpy_dtype(datatype).newbyteorder("<")

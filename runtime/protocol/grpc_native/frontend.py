@@ -1,9 +1,10 @@
 """The native gRPC front end, driven by this event loop: one port serves every RPC.
 
-gRPC C++ threads accept the calls, decode ModelInfer and queue them; the loop is woken once
-per group of calls that arrived together (an eventfd) and takes them all in one `drain()`.
-Answers collect during one loop iteration and go back in one `finish()`, which serialises
-and sends them with the GIL released.
+The server's own thread accepts the calls (gRPC C++), decodes ModelInfer and queues them;
+the loop is woken once per group of calls that arrived together (an eventfd) and takes them
+all in one `drain()`. Answers collect during one loop iteration and go back in one
+`finish()`, which hands them to the server's thread to serialise and send, so the loop does
+not wait for the sockets.
 
 ModelInfer requests the server decodes go straight to the data plane. Everything else
 (metadata, model control, statistics, streaming, ModelInfer with typed contents) runs the
@@ -25,6 +26,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from runtime.access import Restriction
+from runtime.config import ServerConfig
 from runtime.dataplane import DataPlane
 from runtime.errors import ServingError
 from runtime.proto import grpc_service_pb2 as pb
@@ -46,10 +48,14 @@ Answer = tuple[Any, ...]
 Handler = Callable[[Any, Any], Awaitable[Message]]
 
 
+# TLS as the server takes it: key PEM, certificate chain PEM, client roots PEM, mutual.
+Tls = tuple[bytes, bytes, bytes, bool]
+
+
 class NativeServer(Protocol):
     """conveyor_grpc_native.Server, as this module uses it."""
 
-    def start(self, address: str) -> int: ...
+    def start(self, address: str, tls: Tls | None = None) -> int: ...
     def fileno(self) -> int: ...
     def drain(self) -> list[Event]: ...
     def finish(self, answers: list[Answer]) -> None: ...
@@ -112,8 +118,10 @@ class NativeFrontend:
         server: NativeServer,
         dataplane: DataPlane,
         restrictions: Mapping[str, Restriction] | None = None,
+        tls: Tls | None = None,
     ) -> None:
         self._server = server
+        self._tls = tls
         self._dp = dataplane
         self._restricted = bool(restrictions)
         self._servicer = InferenceServicer(dataplane, restrictions)
@@ -126,7 +134,7 @@ class NativeFrontend:
     async def start(self, address: str) -> int:
         """Listen on `address` (port 0 picks one); returns the bound port."""
         self._loop = asyncio.get_running_loop()
-        port = self._server.start(address)
+        port = self._server.start(address, self._tls)
         self._loop.add_reader(self._server.fileno(), self._on_events)
         return port
 
@@ -283,16 +291,42 @@ class NativeFrontend:
             log.exception("the native gRPC server could not send an answer")
 
 
-def load(
-    dataplane: DataPlane,
-    restrictions: Mapping[str, Restriction] | None = None,
-    tls: bool = False,
-) -> NativeFrontend | None:
-    """The native front end, or None with a warning where it cannot serve (the caller then
-    serves gRPC on grpc.aio): the extension is not installed, or TLS is asked for."""
-    if tls:
-        log.warning("the native gRPC front end does not serve TLS; gRPC runs on grpc.aio")
+def tls_settings(config: ServerConfig) -> Tls | None:
+    """The TLS the flags ask for, read from the PEM files; None without --grpc-use-ssl(-mutual).
+
+    The same checks and messages as the grpc.aio path (runtime.server).
+    """
+    if not (config.grpc_use_ssl or config.grpc_use_ssl_mutual):
         return None
+    if config.grpc_server_cert is None or config.grpc_server_key is None:
+        raise ValueError("--grpc-use-ssl needs --grpc-server-cert and --grpc-server-key")
+    if config.grpc_use_ssl_mutual and config.grpc_root_cert is None:
+        raise ValueError("--grpc-use-ssl-mutual needs --grpc-root-cert")
+    roots = config.grpc_root_cert.read_bytes() if config.grpc_root_cert is not None else b""
+    return (
+        config.grpc_server_key.read_bytes(),
+        config.grpc_server_cert.read_bytes(),
+        roots,
+        config.grpc_use_ssl_mutual,
+    )
+
+
+def load(dataplane: DataPlane, config: ServerConfig) -> NativeFrontend | None:
+    """The native front end as the server's config sets it up (restrictions, TLS, the limit
+    on calls in flight), or None with a warning where the extension is not installed (the
+    caller then serves gRPC on grpc.aio).
+    """
+    return _load(
+        dataplane, config.grpc_restrictions, tls_settings(config), config.grpc_max_concurrent_rpcs
+    )
+
+
+def _load(
+    dataplane: DataPlane,
+    restrictions: Mapping[str, Restriction],
+    tls: Tls | None,
+    max_concurrent_rpcs: int,
+) -> NativeFrontend | None:
     try:
         module = importlib.import_module(EXTENSION)
     except ImportError as exc:
@@ -303,6 +337,6 @@ def load(
         )
         return None
     server: NativeServer = module.Server(
-        sorted({r.key for r in (restrictions or {}).values()}), MAX_MESSAGE_BYTES
+        sorted({r.key for r in restrictions.values()}), MAX_MESSAGE_BYTES, max_concurrent_rpcs
     )
-    return NativeFrontend(server, dataplane, restrictions)
+    return NativeFrontend(server, dataplane, restrictions, tls)
