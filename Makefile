@@ -89,8 +89,12 @@ serve: install-server
 	else echo "make serve: no train extra (make install installs it), digits not trained"; fi
 	$(BIN)/conveyor serve $(ARGS)
 
+# The whole suite serves gRPC from the native front end (the default); the gRPC protocol
+# tests then run again against the grpc.aio fallback.
 test: install perf-analyzer prometheus lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	CONVEYOR_GRPC_FRONTEND=aio $(BIN)/python -m pytest -q -k "grpc and not native" \
+		tests/integration $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest -q tests/unit

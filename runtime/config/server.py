@@ -31,9 +31,9 @@ GRPC_FRONTENDS = ("native", "aio")
 
 
 def default_grpc_frontend() -> str:
-    """The gRPC front end when --grpc-frontend is not given: $CONVEYOR_GRPC_FRONTEND or aio."""
-    value = os.environ.get("CONVEYOR_GRPC_FRONTEND", "aio")
-    return value if value in GRPC_FRONTENDS else "aio"
+    """The gRPC front end when --grpc-frontend is not given: $CONVEYOR_GRPC_FRONTEND or native."""
+    value = os.environ.get("CONVEYOR_GRPC_FRONTEND", "native")
+    return value if value in GRPC_FRONTENDS else "native"
 
 
 def parse_bool(text: str) -> bool:
@@ -179,8 +179,9 @@ class ServerConfig:
         default=True,
         metadata=flag("--allow-grpc", type=parse_bool, help="serve gRPC (default true)"),
     )
-    # grpc.aio by default: the native front end is a separately built extension.
-    # CONVEYOR_GRPC_FRONTEND sets the default, for a container or a test run.
+    # Native by default: gRPC's C++ server, built by make install (native/); grpc.aio where
+    # it is not built, with a warning. CONVEYOR_GRPC_FRONTEND sets the default, for a
+    # container or a test run of the gRPC tests against grpc.aio.
     grpc_frontend: str = field(
         default_factory=default_grpc_frontend,
         metadata=flag(
@@ -189,7 +190,7 @@ class ServerConfig:
             default=default_grpc_frontend(),
             help="native: gRPC C++ (the conveyor-grpc-native extension; grpc.aio with a "
             "warning where it is not installed); aio: grpc.aio (default: "
-            "$CONVEYOR_GRPC_FRONTEND, else aio)",
+            "$CONVEYOR_GRPC_FRONTEND, else native)",
         ),
     )
     allow_metrics: bool = field(
