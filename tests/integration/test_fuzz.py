@@ -138,6 +138,24 @@ def test_http_binary_garbage(
     _still_serves(server)
 
 
+def adversarial_request(
+    blobs: list[bytes],
+    shapes: list[list[int]],
+    datatypes: list[str],
+    names: list[str],
+    use_contents: bool,
+) -> service_pb2.ModelInferRequest:
+    """A ModelInferRequest of drawn inputs: names, datatypes, shapes and raw blobs that need
+    not agree, with typed contents as well where `use_contents`."""
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    for name, datatype, shape in zip(names, datatypes, shapes, strict=True):
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+        if use_contents:
+            tensor.contents.fp32_contents.extend(np.arange(3, dtype=np.float32).tolist())
+    request.raw_input_contents.extend(blobs)
+    return request
+
+
 @FUZZ
 @given(
     blobs=st.lists(st.binary(max_size=40), max_size=3),
@@ -155,12 +173,7 @@ def test_grpc_adversarial_messages(
     names: list[str],
     use_contents: bool,
 ) -> None:
-    request = service_pb2.ModelInferRequest(model_name=MODEL)
-    for name, datatype, shape in zip(names, datatypes, shapes, strict=True):
-        tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
-        if use_contents:
-            tensor.contents.fp32_contents.extend(np.arange(3, dtype=np.float32).tolist())
-    request.raw_input_contents.extend(blobs)
+    request = adversarial_request(blobs, shapes, datatypes, names, use_contents)
     code, details = _grpc_outcome(grpc_stub, request)
     assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), details
     assert code == grpc.StatusCode.OK or details

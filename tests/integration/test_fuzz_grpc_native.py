@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
 from tests.integration.conftest import CLIENT_TIMEOUT_S, ServerProcess, running_server
-from tests.integration.test_fuzz import DATATYPES, FUZZ, dims
+from tests.integration.test_fuzz import DATATYPES, FUZZ, adversarial_request, dims
 
 pytest.importorskip("conveyor_grpc_native", reason="the native extension is not built")
 
@@ -126,12 +126,7 @@ def test_adversarial_messages(
     names: list[str],
     use_contents: bool,
 ) -> None:
-    request = service_pb2.ModelInferRequest(model_name=MODEL)
-    for name, datatype, shape in zip(names, datatypes, shapes, strict=True):
-        tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
-        if use_contents:
-            tensor.contents.fp32_contents.extend(np.arange(3, dtype=np.float32).tolist())
-    request.raw_input_contents.extend(blobs)
+    request = adversarial_request(blobs, shapes, datatypes, names, use_contents)
     check_alike(pair, request.SerializeToString())
 
 
