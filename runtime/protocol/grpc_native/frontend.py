@@ -33,7 +33,7 @@ from runtime.proto import grpc_service_pb2 as pb
 from runtime.protocol.grpc.servicer import MAX_MESSAGE_BYTES, InferenceServicer, status_code
 from runtime.protocol.grpc_native import codec
 from runtime.protocol.grpc_native.codec import ANSWER_CLOSE, ANSWER_ERROR, ANSWER_MESSAGE
-from runtime.types import InferenceResponse
+from runtime.types import InferenceRequest, InferenceResponse
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +169,16 @@ class NativeFrontend:
             request = codec.decode_request(event)
             request.received_ns = received_ns
             request.protocol = "grpc"
-            infer = self._dp.infer(request)
         except ServingError as exc:
             self._answer(exception_answer(call_id, exc))
             return
-        self._track(call_id, infer, self._infer_done)
+        self._track(call_id, self._run_infer(request), self._infer_done)
+
+    async def _run_infer(self, request: InferenceRequest) -> InferenceResponse:
+        # The version is looked up in the task's first step, which also queues the request:
+        # looked up before the task starts, it could be retired (a reload) in between, and
+        # the request refused as sent to a model no longer accepting requests.
+        return await self._dp.infer(request)
 
     def _other(self, event: Event) -> None:
         kind, call_id = event[0], event[1]
