@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -343,3 +343,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if isinstance(value, ServerProcess):
             tail = "".join(value.log[-80:])
             report.sections.append((f"server log ({name}, last 80 lines)", tail))
+
+
+def infer_in_batches(
+    srv: ServerProcess,
+    protocol: str,
+    model: str,
+    rows: np.ndarray,
+    outputs: Sequence[str],
+    batch: int,
+    input_name: str = "input",
+) -> dict[str, np.ndarray]:
+    """The named outputs of `model` over `rows`, sent `batch` rows a request."""
+    client = make_client(protocol, srv)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    try:
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            result = client.infer(model, inputs_of(protocol, {input_name: chunk}))
+            for name in outputs:
+                parts[name].append(result.as_numpy(name))
+    finally:
+        client.close()
+    return {name: np.concatenate(p) for name, p in parts.items()}

@@ -138,6 +138,17 @@ def test_http_binary_garbage(
     _still_serves(server)
 
 
+# What adversarial_request is drawn from: inputs whose names, datatypes, shapes and raw
+# blobs need not agree.
+ADVERSARIAL = {
+    "blobs": st.lists(st.binary(max_size=40), max_size=3),
+    "shapes": st.lists(dims, min_size=2, max_size=2),
+    "datatypes": st.lists(st.sampled_from(DATATYPES), min_size=2, max_size=2),
+    "names": st.lists(st.sampled_from(["INPUT0", "INPUT1", "zz"]), min_size=2, max_size=2),
+    "use_contents": st.booleans(),
+}
+
+
 def adversarial_request(
     blobs: list[bytes],
     shapes: list[list[int]],
@@ -157,13 +168,7 @@ def adversarial_request(
 
 
 @FUZZ
-@given(
-    blobs=st.lists(st.binary(max_size=40), max_size=3),
-    shapes=st.lists(dims, min_size=2, max_size=2),
-    datatypes=st.lists(st.sampled_from(DATATYPES), min_size=2, max_size=2),
-    names=st.lists(st.sampled_from(["INPUT0", "INPUT1", "zz"]), min_size=2, max_size=2),
-    use_contents=st.booleans(),
-)
+@given(**ADVERSARIAL)
 def test_grpc_adversarial_messages(
     grpc_stub: Any,
     server: ServerProcess,

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
 from tests.integration.conftest import CLIENT_TIMEOUT_S, ServerProcess, running_server
-from tests.integration.test_fuzz import DATATYPES, FUZZ, adversarial_request, dims
+from tests.integration.test_fuzz import ADVERSARIAL, FUZZ, adversarial_request
 
 pytest.importorskip("conveyor_grpc_native", reason="the native extension is not built")
 
@@ -111,13 +111,7 @@ def check_serving(pair: Pair) -> None:
 
 
 @FUZZ
-@given(
-    blobs=st.lists(st.binary(max_size=40), max_size=3),
-    shapes=st.lists(dims, min_size=2, max_size=2),
-    datatypes=st.lists(st.sampled_from(DATATYPES), min_size=2, max_size=2),
-    names=st.lists(st.sampled_from(["INPUT0", "INPUT1", "zz"]), min_size=2, max_size=2),
-    use_contents=st.booleans(),
-)
+@given(**ADVERSARIAL)
 def test_adversarial_messages(
     pair: Pair,
     blobs: list[bytes],

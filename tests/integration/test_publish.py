@@ -30,6 +30,7 @@ from runtime import cli
 from tests.integration.conftest import (
     PROTOCOLS,
     ServerProcess,
+    infer_in_batches,
     inputs_of,
     make_client,
     requested_output,
@@ -262,16 +263,7 @@ def infer(
     srv: ServerProcess, protocol: str, model: str, rows: np.ndarray, outputs: tuple[str, ...]
 ) -> dict[str, np.ndarray]:
     """The named outputs of model over rows, sent in batches."""
-    client = make_client(protocol, srv)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
-    try:
-        for i in range(0, len(rows), BATCH):
-            result = client.infer(model, inputs_of(protocol, {"input": rows[i : i + BATCH]}))
-            for name in outputs:
-                parts[name].append(result.as_numpy(name))
-    finally:
-        client.close()
-    return {name: np.concatenate(p) for name, p in parts.items()}
+    return infer_in_batches(srv, protocol, model, rows, outputs, BATCH)
 
 
 def top_class(srv: ServerProcess, protocol: str, model: str, rows: np.ndarray) -> list[str]:

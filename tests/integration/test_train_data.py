@@ -19,6 +19,7 @@ from runtime import cli
 from tests.integration.conftest import (
     PROTOCOLS,
     ServerProcess,
+    infer_in_batches,
     inputs_of,
     make_client,
     requested_output,
@@ -86,16 +87,7 @@ def local(repo: Path, model: str, x: NDArray[np.float32]) -> dict[str, NDArray[n
 def served(
     srv: ServerProcess, protocol: str, model: str, x: NDArray[np.float32], outputs: list[str]
 ) -> dict[str, NDArray[np.float32]]:
-    client = make_client(protocol, srv)
-    parts: dict[str, list[NDArray[np.float32]]] = {name: [] for name in outputs}
-    try:
-        for start in range(0, len(x), BATCH):
-            result = client.infer(model, inputs_of(protocol, {"input": x[start : start + BATCH]}))
-            for name in outputs:
-                parts[name].append(result.as_numpy(name))
-    finally:
-        client.close()
-    return {name: np.concatenate(p) for name, p in parts.items()}
+    return infer_in_batches(srv, protocol, model, x, outputs, BATCH)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
