@@ -153,10 +153,31 @@ Answer Internal(std::shared_ptr<Call> call) {
   return out;
 }
 
+// Each answer kind's tuple length; one element more is trailing metadata, (key, value) pairs.
+size_t AnswerSize(int kind) {
+  switch (kind) {
+    case kInferResponse: return 6;
+    case kMessage: return 3;
+    case kError: return 4;
+    case kClose: return 2;
+    default: throw std::invalid_argument("unknown answer kind");
+  }
+}
+
 Answer TakeAnswer(const py::tuple& answer, std::shared_ptr<Call> call) {
   Answer out;
   out.call = std::move(call);
-  switch (answer[1].cast<int>()) {
+  const int kind = answer[1].cast<int>();
+  const size_t size = AnswerSize(kind);
+  if (answer.size() == size + 1) {
+    for (const py::handle& pair : answer[size]) {
+      auto item = pair.cast<py::tuple>();
+      out.trailing.emplace_back(item[0].cast<std::string>(), item[1].cast<std::string>());
+    }
+  } else if (answer.size() != size) {
+    throw std::invalid_argument("answer tuple of the wrong length");
+  }
+  switch (kind) {
     case kInferResponse:
       out.response = InferResponse(answer);
       break;

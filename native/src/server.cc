@@ -52,6 +52,7 @@ constexpr int kInferRequests = 32;
 constexpr int kGenericRequests = 4;
 
 void Send(Answer& answer) {
+  if (!answer.trailing.empty()) answer.call->AddTrailing(answer.trailing);
   if (answer.response) {
     auto buffer = std::make_unique<grpc::ByteBuffer>();
     bool own = false;
@@ -157,6 +158,12 @@ void Call::Fail(grpc::Status status) {
     Hold();
   }
   StartFinish(status);
+}
+
+void Call::AddTrailing(const Metadata& metadata) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_) return;
+  for (const auto& [key, value] : metadata) context().AddTrailingMetadata(key, value);
 }
 
 void Call::Write(std::unique_ptr<grpc::ByteBuffer> message) {

@@ -77,6 +77,7 @@ struct Answer {
   std::unique_ptr<grpc::ByteBuffer> message;
   grpc::Status status;
   bool close = false;
+  Metadata trailing;  // sent with the call's status (a request id), when it ends
 };
 
 void Send(Answer& answer);
@@ -98,6 +99,8 @@ class Call {
   // Streaming answers: messages are written in order, then the stream is finished.
   void Write(std::unique_ptr<grpc::ByteBuffer> message);
   void Close(grpc::Status status);
+  // Trailing metadata for the status the call ends with (ignored once it is finishing).
+  void AddTrailing(const Metadata& metadata);
 
   // On the queue's thread: an operation completed.
   void Complete(Op::Kind kind, bool ok);

@@ -48,7 +48,7 @@ ORT_LINE = re.compile(r"\[[EWIV]:onnxruntime:")
 @pytest.fixture(scope="module")
 def logged(test_repo: Path) -> Iterator[ServerProcess]:
     with running_server(
-        test_repo, "--grpc-frontend", "aio", "--log-format", "json", "--log-requests"
+        test_repo, "--log-format", "json", "--log-requests"
     ) as server:
         yield server
 
@@ -287,7 +287,6 @@ def restricted(test_repo: Path) -> Iterator[ServerProcess]:
     spec = f"trace,logging:{KEY}={VALUE}"
     with running_server(
         test_repo,
-        "--grpc-frontend", "aio",
         "--http-restricted-api", spec,
         "--grpc-restricted-protocol", spec,
     ) as server:  # fmt: skip

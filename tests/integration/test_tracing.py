@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -174,7 +175,6 @@ def traced(receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory) -> 
     (root / ENSEMBLE / "config.pbtxt").write_text(_ensemble_config())
     with running_server(
         root,
-        "--grpc-frontend", "aio",
         "--trace-config", "mode=opentelemetry",
         "--trace-config", f"opentelemetry,url={receiver.url}",
         "--trace-config", "level=TIMESTAMPS",
@@ -301,6 +301,37 @@ def test_a_failed_request_is_a_span_with_an_error_status(
                if s.trace_id == trace_id]  # fmt: skip
     assert span.status_code == 2  # STATUS_CODE_ERROR
     assert span.events == []  # refused before it was queued
+
+
+def test_each_message_of_a_grpc_stream_is_a_span_in_the_streams_trace(
+    traced: ServerProcess, receiver: OtlpReceiver
+) -> None:
+    """ModelStreamInfer: the stream's metadata carries the trace context and request id."""
+    client = make_client("grpc", traced)
+    client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"], "trace_rate": "1",
+                                           "trace_count": "-1"})  # fmt: skip
+    trace_id, span_id, header = traceparent()
+    rid = f"stream-{os.urandom(4).hex()}"
+    answers: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put(error or result),
+                        stream_timeout=WAIT_S, headers={"traceparent": header,
+                                                        "x-request-id": rid})  # fmt: skip
+    try:
+        arrays = add_sub_inputs(seed=7)
+        for i in range(3):
+            client.async_stream_infer(MODEL, inputs_of("grpc", arrays), request_id=f"m{i}")
+        got = [answers.get(timeout=WAIT_S) for _ in range(3)]
+    finally:
+        client.stop_stream()
+        client.close()
+    assert sorted(r.get_response().id for r in got) == ["m0", "m1", "m2"]
+    spans = receiver.wait_for(lambda got: len([s for s in got if s.trace_id == trace_id]) >= 3)
+    mine = [s for s in spans if s.trace_id == trace_id]
+    assert len(mine) == 3
+    assert {s.parent_span_id for s in mine} == {span_id}
+    assert len({s.span_id for s in mine}) == 3
+    assert {s.attributes["triton.request_id"] for s in mine} == {rid}
+    assert all([name for name, _ in s.events] == PHASES for s in mine)
 
 
 def test_rate_samples_one_request_in_n(tclient: Any, protocol: str, receiver: OtlpReceiver) -> None:
@@ -438,7 +469,6 @@ def test_tracing_can_start_over_the_api_on_a_server_started_without_it(
 ) -> None:
     with running_server(
         test_repo,
-        "--grpc-frontend", "aio",
         "--trace-config", f"opentelemetry,url={receiver.url}",
         "--trace-config", "opentelemetry,bsp_schedule_delay=50",
     ) as server:  # fmt: skip

@@ -16,6 +16,8 @@ from typing import Any
 #   (call_id, 1, response_bytes)       a unary reply, or one more message on a stream
 #   (call_id, 2, status_code, message) an error status (a stream: after its queued messages)
 #   (call_id, 3)                       a stream ends with OK
+# Any answer may end with one element more: trailing metadata for the call's status,
+# [(key, value), ...] (on a stream, sent with the stream's final status).
 Event = tuple[Any, ...]
 Answer = tuple[Any, ...]
 # start(tls=...): (server key PEM, certificate chain PEM, client roots PEM or b"", mutual)

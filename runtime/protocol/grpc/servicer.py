@@ -178,9 +178,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         call = self.dp.calls.begin(
             "grpc", request.model_name, version, call_metadata(context), received_ns
         )
-        # The native front end's context (runtime/protocol/grpc_native) sends no metadata.
-        if hasattr(context, "set_trailing_metadata"):
-            context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
         error: BaseException | None = None
         try:
             decoded = codec.decode_request(request)
@@ -216,8 +214,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
+        carrier = call_metadata(context)
+
         async def one(message: pb.ModelInferRequest) -> None:
-            await results.put(await self._stream_answer(message))
+            await results.put(await self._stream_answer(message, carrier))
 
         async def read() -> None:
             async for message in request_iterator:
@@ -237,17 +237,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             for task in list(tasks):
                 task.cancel()
 
-    async def _stream_answer(self, message: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+    async def _stream_answer(
+        self, message: pb.ModelInferRequest, carrier: Mapping[str, str]
+    ) -> pb.ModelStreamInferResponse:
+        """One message of a stream, a call of its own for the logs and traces: its request id
+        is the stream's (its metadata's) or a new one, and the stream's `traceparent` is the
+        parent of each message's span."""
+        received_ns = time.monotonic_ns()
+        version = message.model_version
+        call = self.dp.calls.begin("grpc", message.model_name, version, carrier, received_ns)
+        failure: BaseException | None = None
         try:
             request = codec.decode_request(message)
+            request.received_ns = received_ns
             request.protocol = "grpc"
+            request.trace = call.trace
             response = await self.dp.infer(request)
+            version = response.model_version
             return pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
         except ServingError as exc:
-            error = exc
-        except Exception as exc:
-            log.exception("internal error in ModelStreamInfer")
+            error = failure = exc
+        except Exception as exc:  # logged with its request id by CallLog.end
+            failure = exc
             error = InternalError(f"internal server error: {type(exc).__name__}")
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            self.dp.calls.end(call, version, failure)
         reply = pb.ModelStreamInferResponse(error_message=error.message)
         reply.infer_response.id = message.id
         reply.infer_response.model_name = message.model_name

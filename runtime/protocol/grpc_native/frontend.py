@@ -29,6 +29,7 @@ from runtime.access import Restriction
 from runtime.config import ServerConfig
 from runtime.dataplane import DataPlane
 from runtime.errors import ServingError
+from runtime.logs import CALL_KEYS, REQUEST_ID_HEADER, Call
 from runtime.proto import grpc_service_pb2 as pb
 from runtime.protocol.grpc.servicer import MAX_MESSAGE_BYTES, InferenceServicer, status_code
 from runtime.protocol.grpc_native import codec
@@ -45,6 +46,8 @@ INFER, UNARY, STREAM_OPEN, STREAM_MESSAGE, STREAM_END, CANCEL = range(6)
 
 Event = tuple[Any, ...]
 Answer = tuple[Any, ...]
+# Trailing metadata an answer may end with: the call's request id.
+Trailing = tuple[tuple[str, str], ...]
 Handler = Callable[[Any, Any], Awaitable[Message]]
 
 
@@ -77,24 +80,35 @@ class Context:
 
     def __init__(self, metadata: Mapping[str, str] | None) -> None:
         self._metadata = metadata
+        self.trailing: tuple[tuple[str, str], ...] = ()
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple(self._metadata.items()) if self._metadata else ()
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = metadata
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         raise Abort(code, details)
 
 
-def error_answer(call_id: int, code: grpc.StatusCode, message: str) -> Answer:
-    return (call_id, ANSWER_ERROR, code.value[0], message)
+def error_answer(
+    call_id: int, code: grpc.StatusCode, message: str, trailing: Trailing = ()
+) -> Answer:
+    answer = (call_id, ANSWER_ERROR, code.value[0], message)
+    return (*answer, trailing) if trailing else answer
 
 
-def exception_answer(call_id: int, exc: BaseException) -> Answer:
-    """The servicer's mapping: a ServingError's own status, anything else INTERNAL."""
+def exception_answer(
+    call_id: int, exc: BaseException, trailing: Trailing = (), logged: bool = False
+) -> Answer:
+    """The servicer's mapping: a ServingError's own status, anything else INTERNAL (logged
+    here unless `logged`: CallLog.end logs an infer call's failures with its request id)."""
     if isinstance(exc, ServingError):
-        return error_answer(call_id, status_code(exc), exc.message)
-    log.error("internal error in ModelInfer", exc_info=exc)
-    return error_answer(call_id, grpc.StatusCode.INTERNAL, "internal server error")
+        return error_answer(call_id, status_code(exc), exc.message, trailing)
+    if not logged:
+        log.error("internal error in ModelInfer", exc_info=exc)
+    return error_answer(call_id, grpc.StatusCode.INTERNAL, "internal server error", trailing)
 
 
 def unary_methods(servicer: InferenceServicer) -> dict[str, tuple[Handler, type[Message]]]:
@@ -162,23 +176,43 @@ class NativeFrontend:
                 self._answer(exception_answer(event[1], exc))
 
     def _infer(self, event: Event, received_ns: int) -> None:
-        call_id = event[1]
+        call_id, model, version, metadata = event[1], event[2], event[3], event[8]
         try:
             if self._restricted:
-                self._servicer.check_restriction("inference", Context(event[8]))
-            request = codec.decode_request(event)
-            request.received_ns = received_ns
-            request.protocol = "grpc"
+                self._servicer.check_restriction("inference", Context(metadata))
         except ServingError as exc:
             self._answer(exception_answer(call_id, exc))
             return
-        self._track(call_id, self._run_infer(request), self._infer_done)
+        # As the grpc.aio servicer's ModelInfer: a request id (and a trace when sampled) for
+        # every call that passed the restriction, sent back in the trailing metadata.
+        call = self._dp.calls.begin("grpc", model, version, metadata or {}, received_ns)
+        trailing = ((REQUEST_ID_HEADER, call.request_id),)
+        try:
+            request = codec.decode_request(event)
+        except ServingError as exc:
+            self._dp.calls.end(call, version, exc)
+            self._answer(exception_answer(call_id, exc, trailing))
+            return
+        request.received_ns = received_ns
+        request.protocol = "grpc"
+        request.trace = call.trace
+        done = functools.partial(self._infer_done, trailing)
+        self._track(call_id, self._run_infer(request, call), done)
 
-    async def _run_infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def _run_infer(self, request: InferenceRequest, call: Call) -> InferenceResponse:
         # The version is looked up in the task's first step, which also queues the request:
         # looked up before the task starts, it could be retired (a reload) in between, and
         # the request refused as sent to a model no longer accepting requests.
-        return await self._dp.infer(request)
+        version, error = request.model_version, None
+        try:
+            response = await self._dp.infer(request)
+            version = response.model_version
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._dp.calls.end(call, version, error)
 
     def _other(self, event: Event) -> None:
         kind, call_id = event[0], event[1]
@@ -229,14 +263,16 @@ class NativeFrontend:
         self._tasks[call_id] = task
         task.add_done_callback(functools.partial(done, call_id))
 
-    def _infer_done(self, call_id: int, task: asyncio.Future[InferenceResponse]) -> None:
+    def _infer_done(
+        self, trailing: Trailing, call_id: int, task: asyncio.Future[InferenceResponse]
+    ) -> None:
         if self._tasks.pop(call_id, None) is None or task.cancelled():
             return  # cancelled: the server has finished the call already
         exc = task.exception()
         if exc is None:
-            self._answer(codec.encode_response(call_id, task.result()))
+            self._answer((*codec.encode_response(call_id, task.result()), trailing))
         else:
-            self._answer(exception_answer(call_id, exc))
+            self._answer(exception_answer(call_id, exc, trailing, logged=True))
 
     def _done(self, call_id: int, task: asyncio.Future[Answer]) -> None:
         if self._tasks.pop(call_id, None) is None or task.cancelled():
@@ -255,11 +291,15 @@ class NativeFrontend:
         except DecodeError:
             message = f"the {request_type.__name__} could not be parsed (malformed protobuf)"
             return error_answer(call_id, grpc.StatusCode.INVALID_ARGUMENT, message)
+        context = Context(metadata)
         try:
-            response = await handler(request, Context(metadata))
+            response = await handler(request, context)
         except Abort as abort:
-            return error_answer(call_id, abort.code, abort.details)
-        return (call_id, ANSWER_MESSAGE, response.SerializeToString())
+            return error_answer(call_id, abort.code, abort.details, context.trailing)
+        except Exception as exc:
+            return exception_answer(call_id, exc, context.trailing)
+        answer = (call_id, ANSWER_MESSAGE, response.SerializeToString())
+        return (*answer, context.trailing) if context.trailing else answer
 
     async def _stream(
         self,
@@ -341,7 +381,8 @@ def _load(
             exc,
         )
         return None
-    server: NativeServer = module.Server(
-        sorted({r.key for r in restrictions.values()}), MAX_MESSAGE_BYTES, max_concurrent_rpcs
-    )
+    # The metadata each call event carries: the restriction keys, and the request id and
+    # trace context every infer call reads (runtime.logs.CALL_KEYS).
+    keys = sorted({r.key for r in restrictions.values()} | CALL_KEYS)
+    server: NativeServer = module.Server(keys, MAX_MESSAGE_BYTES, max_concurrent_rpcs)
     return NativeFrontend(server, dataplane, restrictions, tls)
