@@ -47,9 +47,7 @@ ORT_LINE = re.compile(r"\[[EWIV]:onnxruntime:")
 
 @pytest.fixture(scope="module")
 def logged(test_repo: Path) -> Iterator[ServerProcess]:
-    with running_server(
-        test_repo, "--log-format", "json", "--log-requests"
-    ) as server:
+    with running_server(test_repo, "--log-format", "json", "--log-requests") as server:
         yield server
 
 
