@@ -214,11 +214,11 @@ def micro() -> dict[str, float]:
 
     from runtime.events import BatchDone
     from runtime.logs import CallLog
-    from runtime.monitoring.otel import OtlpExporter
+    from runtime.monitoring.otel import OtlpExporter, readable_spans
     from runtime.monitoring.tracing import TraceConfig, Tracing
 
-    # Spans stay queued (nothing is exported while the calls are timed); they are then
-    # taken from the processor's queue to time their encoding.
+    # Traces stay queued (nothing is exported while the calls are timed); they are then
+    # taken from the queue to time their encoding.
     big = [
         "bsp_max_queue_size=10000000",
         "bsp_max_export_batch_size=10000000",
@@ -231,7 +231,7 @@ def micro() -> dict[str, float]:
     for label, specs in (
         ("call, tracing off", []),
         ("call, tracing on, not sampled (rate 1000)", ["level=TIMESTAMPS", "rate=1000"]),
-        ("sampled call to its queued span", ["level=TIMESTAMPS", "rate=1"]),
+        ("sampled call to its queued trace", ["level=TIMESTAMPS", "rate=1"]),
     ):
         calls = CallLog(Tracing(TraceConfig.parse(specs), otlp))
 
@@ -242,10 +242,21 @@ def micro() -> dict[str, float]:
             calls.end(call, "1")
 
         results[label] = median_us(one, 2.0, warmup=100, most=20_000)
-    spans = [s for s in otlp.processor._batch_processor._queue][:512]  # type: ignore[attr-defined]
-    results["encode one span (exporter thread)"] = median_us(
-        lambda: encode_spans(spans).SerializePartialToString(), 2.0, 3, 200
+    traces = list(otlp._queue)[:512]
+    results["encode one span (export thread)"] = median_us(
+        lambda: otlp.encoder.request(traces), 2.0, 3, 200
+    ) / len(traces)
+    spans = [span for trace in traces for span in readable_spans(trace, otlp)]
+    results["the same with the SDK's spans and encoder"] = median_us(
+        lambda: encode_spans(
+            [s for t in traces for s in readable_spans(t, otlp)]
+        ).SerializePartialToString(),
+        2.0,
+        3,
+        200,
     ) / len(spans)
+    otlp._queue.clear()
+    otlp.close(1.0)
     return results
 
 

@@ -484,3 +484,31 @@ def test_tracing_can_start_over_the_api_on_a_server_started_without_it(
                 client.update_trace_settings(settings={"trace_level": ["OFF"]})
             finally:
                 client.close()
+
+
+@pytest.mark.parametrize("path", ["encoded here", "the SDK's encoder"])
+def test_the_export_thread_sends_batches_and_flushes_at_close(
+    receiver: OtlpReceiver, path: str
+) -> None:
+    """OtlpExporter in this process: batches of the set size, the rest at close; with the
+    SDK's own span objects and encoder where the exporter's client is not the expected one."""
+    from runtime.monitoring.otel import OtlpExporter
+    from runtime.monitoring.tracing import TraceConfig, Tracing
+
+    specs = [f"url={receiver.url}", "bsp_schedule_delay=3600000", "bsp_max_export_batch_size=4"]
+    otlp = OtlpExporter(TraceConfig.parse([f"opentelemetry,{s}" for s in specs]))
+    if path != "encoded here":
+        otlp._post = None
+    tracing = Tracing(TraceConfig.parse(["level=TIMESTAMPS", "rate=1"]), otlp)
+    rids = [f"thread-{path}-{i}" for i in range(6)]
+    for rid in rids:
+        trace = tracing.start("m", {}, time.monotonic_ns(), "http", rid)
+        assert trace is not None
+        trace.end("1")
+    # a batch of 4 leaves at once; the last 2 only at close (the delay is an hour)
+    receiver.wait_for(lambda got: all(with_request_id(r)(got) for r in rids[:4]))
+    otlp.close(10.0)
+    spans = receiver.wait_for(lambda got: all(with_request_id(r)(got) for r in rids))
+    mine = [s for s in spans if s.attributes.get("triton.request_id") in rids]
+    assert sorted(s.attributes["triton.request_id"] for s in mine) == rids
+    assert all(s.name == "InferRequest" and s.kind == 2 and s.events == [] for s in mine)
