@@ -1,6 +1,7 @@
 """What tracing costs: the MLP at concurrency 16, traced vs untraced, paired rounds.
 
     .venv/bin/python benchmarks/tracing.py --mode rate1|rate1000|control [--protocol grpc|http]
+        [--grpc-frontend native|aio]
         [--duration 2] [--rounds 12]
     .venv/bin/python benchmarks/tracing.py --mode off --baseline DIR [--protocol ...]
 
@@ -17,7 +18,8 @@ rounds alternating between the two servers on the same model.
 
 micro: in-process, no server: the median cost of one call's request id and trace decision
 (tracing off, on but not sampled), of one sampled call up to its span being queued (on the
-event loop), and of encoding one span as the SDK's exporter thread does.
+event loop), and of encoding one span in the export thread, next to the SDK's own spans and
+encoder.
 
 Writes benchmarks/results/tracing_<mode>[_http].json and prints a table.
 """
@@ -182,7 +184,7 @@ def traced_pair(repo: Path, args: argparse.Namespace, stack: contextlib.ExitStac
     server = ServerProcess(
         repo,
         "--grpc-frontend",
-        "aio",
+        args.grpc_frontend,
         "--trace-config",
         f"opentelemetry,url=http://127.0.0.1:{port}/v1/traces",
         *(f"--trace-config=opentelemetry,{s}" for s in args.bsp),
@@ -201,9 +203,9 @@ def traced_pair(repo: Path, args: argparse.Namespace, stack: contextlib.ExitStac
 def head_pair(repo: Path, args: argparse.Namespace, stack: contextlib.ExitStack) -> Any:
     baseline = Path(args.baseline).resolve()
     with contextlib.chdir(baseline):  # `python -m runtime` imports the tree it starts in
-        base = ServerProcess(repo, "--grpc-frontend", "aio")
+        base = ServerProcess(repo, "--grpc-frontend", args.grpc_frontend)
     stack.callback(base.stop)
-    this = ServerProcess(repo, "--grpc-frontend", "aio")
+    this = ServerProcess(repo, "--grpc-frontend", args.grpc_frontend)
     stack.callback(this.stop)
     return (Target("baseline", base, "mlp_plain"), Target("this tree", this, "mlp_plain")), 0
 
@@ -266,6 +268,7 @@ def main() -> None:
         "--mode", choices=("rate1", "rate1000", "control", "off", "micro"), default="rate1"
     )
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--grpc-frontend", choices=("native", "aio"), default="native")
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--baseline", help="with --mode off: the source tree to compare with")
@@ -303,6 +306,7 @@ def main() -> None:
     traced_requests = sum(r["requests"] for r in report["rounds"] if r["target"] == "traced")
     report["traced_model_requests"] = traced_requests
     report["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}"
+    report["grpc_frontend"] = args.grpc_frontend
     report.update(
         mode=args.mode,
         protocol=args.protocol,
