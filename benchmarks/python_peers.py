@@ -245,8 +245,8 @@ class Server:
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def wait_ready(self) -> None:
-        """Until the model answers ready over HTTP; the server's metadata gives its version."""
+    def wait_ready(self, models: tuple[str, ...] = (MODEL,)) -> None:
+        """Until the models answer ready over HTTP; the server's metadata gives its version."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         url = f"http://{HOST}:{self.http_port}"
         while time.monotonic() < deadline:
@@ -255,8 +255,9 @@ class Server:
                     f"{self.name} exited ({self.proc.returncode}):\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(f"{url}/v2/models/{MODEL}/ready", timeout=2):
-                    pass
+                for model in models:
+                    with urllib.request.urlopen(f"{url}/v2/models/{model}/ready", timeout=2):
+                        pass
                 with urllib.request.urlopen(f"{url}/v2", timeout=2) as r:
                     meta = json.load(r)
                 self.version = f"{meta.get('name', '')} {meta.get('version', '')}".strip()
