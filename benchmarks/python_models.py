@@ -6,9 +6,11 @@
    HTTP (binary tensors) and gRPC (raw contents), one row per request: throughput, latency,
    and the CPU per request of the server and of its worker; `double_batched` is the same
    model with `dynamic_batching { }`, so requests that queue together cross as one batch.
-2. `spin_1` and `spin_2`: about 1 ms of pure-Python work per request, with instance_group
-   count 1 and 2, over HTTP at concurrency 8: what a second worker process adds on a
-   machine with two cores.
+2. `spin_1` and `spin_2`: about 1 ms of pure-Python work per request (`--spin-ms`; the loop's
+   length is calibrated in this process first), with instance_group count 1 and 2, over
+   HTTP at concurrency 8: what a second worker process adds on a machine with two cores.
+   Paired: spin_1, spin_2, spin_2, spin_1 (`--spin-rounds` pairs), the ratio from the
+   pooled throughputs.
 
 Writes benchmarks/results/python_models.json and prints a table.
 """
@@ -20,7 +22,9 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +46,32 @@ instance_group [ {{ count: {count} kind: KIND_CPU }} ]
 DOUBLE = """
 class Model:
     def predict(self, inputs):
-        return {"y": inputs["x"] * 2}
+        return {{"y": inputs["x"] * 2}}
 """
 # About 1 ms of interpreter work per request: the kind of model one process's GIL limits.
 SPIN = """
 class Model:
     def predict(self, inputs):
         total = 0
-        for i in range(12_000 * len(inputs["x"])):
+        for i in range({iterations} * len(inputs["x"])):
             total += i % 7
-        return {"y": inputs["x"] + (total % 2)}
+        return {{"y": inputs["x"] + (total % 2)}}
 """
+
+
+def spin_iterations(ms: float) -> int:
+    """The loop length that takes `ms` of CPU per row here (the median of 9 timings)."""
+    probe = 20_000
+    times = []
+    for _ in range(9):
+        start = time.process_time()
+        total = 0
+        for i in range(probe):
+            total += i % 7
+        times.append(time.process_time() - start)
+    return max(1, round(probe * ms / 1000 / statistics.median(times)))
+
+
 MODELS = {
     "double": (DOUBLE, 1, ""),
     "double_batched": (DOUBLE, 1, "dynamic_batching { }\n"),
@@ -61,13 +80,13 @@ MODELS = {
 }
 
 
-def repository() -> Path:
+def repository(iterations: int) -> Path:
     root = Path(tempfile.mkdtemp()) / "repo"
     for name, (code, count, extra) in MODELS.items():
         (root / name / "1").mkdir(parents=True)
         config = CONFIG.format(name=name, count=count, extra=extra)
         (root / name / "config.pbtxt").write_text(config)
-        (root / name / "1" / "model.py").write_text(code)
+        (root / name / "1" / "model.py").write_text(code.format(iterations=iterations))
     return root
 
 
@@ -91,33 +110,45 @@ async def step(
     return row
 
 
-async def sweep(server: ServerProcess, seconds: float) -> list[dict[str, Any]]:
+async def sweep(server: ServerProcess, seconds: float, spin_rounds: int) -> list[dict[str, Any]]:
     rows = [
         await step(server, m, p, 16, seconds)
         for m in ("double", "double_batched")
         for p in ("http", "grpc")
     ]
-    rows += [await step(server, m, "http", 8, seconds) for m in ("spin_1", "spin_2")]
+    for _ in range(spin_rounds):
+        rows += [
+            await step(server, m, "http", 8, seconds)
+            for m in ("spin_1", "spin_2", "spin_2", "spin_1")
+        ]
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--spin-ms", type=float, default=1.0, help="CPU per request of spin_*")
+    parser.add_argument("--spin-rounds", type=int, default=1, help="pairs of spin_1/spin_2 steps")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/python_models.json")
     args = parser.parse_args()
-    server = ServerProcess(repository())
+    iterations = spin_iterations(args.spin_ms)
+    server = ServerProcess(repository(iterations))
     try:
-        rows = asyncio.run(sweep(server, args.duration))
+        rows = asyncio.run(sweep(server, args.duration, args.spin_rounds))
     finally:
         server.proc.terminate()
         server.proc.wait(30)
-    spin = {r["model"]: r["throughput_rps"] for r in rows if r["model"].startswith("spin")}
+    spin = {
+        m: statistics.mean(r["throughput_rps"] for r in rows if r["model"] == m)
+        for m in ("spin_1", "spin_2")
+    }
     report = {
         "benchmark": "python_models",
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}",
         "duration_s": args.duration,
         "rows": rows,
+        "spin_iterations_per_row": iterations,
+        "spin_ms": args.spin_ms,
         "two_instances_over_one": spin["spin_2"] / spin["spin_1"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
