@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SERVER_STAMP := $(VENV)/.installed-server
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install install-server lock native serve test unit integration fuzz lint bench perf-analyzer prometheus proto clean
+.PHONY: install install-server lock native asan serve test unit integration fuzz lint bench perf-analyzer prometheus proto clean
 
 # Installs come from the lock, requirements/*.txt: every package pinned, with its sha256 hashes,
 # resolved for Linux x86_64 and CPython 3.11 (elsewhere: pip install -e ".[test,...]" unlocked).
@@ -70,6 +70,11 @@ NATIVE_BUILD = bash native/install_deps.sh && CMAKE_BUILD_PARALLEL_LEVEL=$${CMAK
 
 native: install
 	$(NATIVE_BUILD)
+
+# The gRPC tests against the native extension built with AddressSanitizer and UBSan, in
+# build/asan/ (the venv's build is not touched); ARGS go to pytest. About 6 minutes.
+asan: install
+	bash native/asan.sh $(ARGS)
 
 perf-analyzer: install
 	PYTHON=$(BIN)/python bash benchmarks/install_perf_analyzer.sh
