@@ -17,9 +17,9 @@ source tree (`--baseline DIR`, e.g. `git worktree add /tmp/base HEAD`), both run
 rounds alternating between the two servers on the same model.
 
 micro: in-process, no server: the median cost of one call's request id and trace decision
-(tracing off, on but not sampled), of one sampled call up to its span being queued (on the
-event loop), and of encoding one span in the export thread, next to the SDK's own spans and
-encoder.
+(tracing off, on but not sampled), of one sampled call up to its records being queued and of
+pickling them (on the event loop), and of encoding one span in the export process, next to
+the SDK's own spans and encoder.
 
 Writes benchmarks/results/tracing_<mode>[_http].json and prints a table.
 """
@@ -212,15 +212,18 @@ def head_pair(repo: Path, args: argparse.Namespace, stack: contextlib.ExitStack)
 
 def micro() -> dict[str, float]:
     """Median µs of the pieces a call pays, measured in this process."""
+    import pickle
+
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
 
     from runtime.events import BatchDone
     from runtime.logs import CallLog
-    from runtime.monitoring.otel import OtlpExporter, readable_spans
+    from runtime.monitoring.otel import Encoder, OtlpExporter, readable_spans, span_records
     from runtime.monitoring.tracing import TraceConfig, Tracing
 
-    # Traces stay queued (nothing is exported while the calls are timed); they are then
-    # taken from the queue to time their encoding.
+    # Traces stay pending (no batch fills, no delay ends while the calls are timed); they
+    # are then taken from there to time their pickling and encoding.
     big = [
         "bsp_max_queue_size=10000000",
         "bsp_max_export_batch_size=10000000",
@@ -233,7 +236,7 @@ def micro() -> dict[str, float]:
     for label, specs in (
         ("call, tracing off", []),
         ("call, tracing on, not sampled (rate 1000)", ["level=TIMESTAMPS", "rate=1000"]),
-        ("sampled call to its queued trace", ["level=TIMESTAMPS", "rate=1"]),
+        ("sampled call to its queued records (event loop)", ["level=TIMESTAMPS", "rate=1"]),
     ):
         calls = CallLog(Tracing(TraceConfig.parse(specs), otlp))
 
@@ -244,21 +247,32 @@ def micro() -> dict[str, float]:
             calls.end(call, "1")
 
         results[label] = median_us(one, 2.0, warmup=100, most=20_000)
-    traces = list(otlp._queue)[:512]
-    results["encode one span (export thread)"] = median_us(
-        lambda: otlp.encoder.request(traces), 2.0, 3, 200
-    ) / len(traces)
-    spans = [span for trace in traces for span in readable_spans(trace, otlp)]
+    pending = otlp._pending[:512]
+    results["pickling one span's records (event loop)"] = median_us(
+        lambda: pickle.dumps(pending, protocol=pickle.HIGHEST_PROTOCOL), 2.0, 3, 200
+    ) / len(pending)
+    otlp._pending.clear()
+    otlp.close(1.0)
+    resource = Resource.create({"service.name": "conveyor"})
+    encoder = Encoder(resource)
+    collected: list[Any] = []
+    sink = type("Collect", (), {"export": lambda self, t: collected.append(t)})()
+    tracing = Tracing(TraceConfig.parse(["level=TIMESTAMPS", "rate=1"]), sink)
+    for i in range(512):
+        trace = tracing.start("mlp", {}, time.monotonic_ns(), "http", f"rid-{i}")
+        assert trace is not None
+        trace.ran(trace.start_ns, batch, i)
+        trace.end("1")
+    records = [r for t in collected for r in span_records(t, 0)]
+    results["encoding one span (export process)"] = median_us(
+        lambda: encoder.request(records), 2.0, 3, 200
+    ) / len(records)
     results["the same with the SDK's spans and encoder"] = median_us(
-        lambda: encode_spans(
-            [s for t in traces for s in readable_spans(t, otlp)]
-        ).SerializePartialToString(),
+        lambda: encode_spans(readable_spans(records, resource)).SerializePartialToString(),
         2.0,
         3,
         200,
-    ) / len(spans)
-    otlp._queue.clear()
-    otlp.close(1.0)
+    ) / len(records)
     return results
 
 

@@ -7,34 +7,46 @@ request carried a `traceparent`), with Triton's timestamp names as events: QUEUE
 COMPUTE_START, COMPUTE_INPUT_END, COMPUTE_OUTPUT_START, COMPUTE_END. An ensemble's steps
 are child spans named after their models, with the same events.
 
-How they leave. The event loop queues each finished root trace as it is (a deque append;
-a full queue drops it, it never blocks a request), and this module's export thread turns
-batches of them into one OTLP ExportTraceServiceRequest and posts it with the SDK's OTLP
-exporter's HTTP client (its OTEL_EXPORTER_OTLP_* settings, compression and retries). The
-SDK also gives the Resource (OTEL_RESOURCE_ATTRIBUTES and its own attributes) and encodes
-the resource and scope, once. The batch settings are the SDK's BatchSpanProcessor's, with
-its OTEL_BSP_* defaults.
+How they leave: from another process. On the event loop a finished trace becomes plain
+records (a tuple per span) and joins a batch; a full batch, or the batch delay, sends it
+pickled down a pipe (a writer thread does the write) to an export process,
+`python -m runtime.monitoring.otel`, which encodes each batch as one
+ExportTraceServiceRequest and posts it with the SDK's OTLP exporter's HTTP client (its
+OTEL_EXPORTER_OTLP_* settings, compression and retries). The SDK gives the Resource there
+(OTEL_RESOURCE_ATTRIBUTES and its own attributes) and encodes the resource and scope, once.
+The batch settings are the SDK's BatchSpanProcessor's, with its OTEL_BSP_* defaults; a full
+queue drops traces, it never holds a request.
 
-Why not the SDK's own span objects, processor and encoder (written by hand here): measured
-on a 2-core machine (BENCHMARKS.md, "Tracing"), building a ReadableSpan on the loop cost
-7 µs, and the SDK's encoder 36 µs a span in the export thread, which holds the GIL the
-loop needs: tracing every request over HTTP cost 40% of the throughput. The encoding here
-writes the protobuf wire format of each span directly, with the parts every span shares
-(field tags, event names, attribute pairs that repeat) encoded once; it costs a few µs a
-span. `readable_spans` builds the SDK's spans of a trace: the tests check this encoding
-against the SDK's encoder, and it is the export path where the exporter's client is not the
-one this module expects (another SDK version).
+Why not the SDK's own span objects, processor and encoder in this process (measured on a
+2-core machine, BENCHMARKS.md, "Tracing"): building a ReadableSpan on the loop cost 7 µs,
+and the SDK's encoder 36 µs a span, in a thread that takes the GIL whenever the loop
+releases it (an ONNX Runtime run does) and keeps it up to the switch interval; tracing
+every request over HTTP cost 40% of the throughput. An export thread with a faster
+encoder still cost 34%: the GIL hand-overs were the cost. Here this process pays about
+3 µs a span and shares no interpreter with the exporting. The encoder writes the protobuf
+wire format directly (the SDK's costs 36 µs a span), with what every span shares (field
+tags, event names, attribute pairs that repeat) encoded once. `readable_spans` makes the
+SDK's spans of the same records: the tests check this encoding against the SDK's encoder,
+and the export process falls back to them where the exporter's client is not the one
+this module expects (another SDK version).
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
+import json
 import logging
 import os
+import pickle
+import queue
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, NamedTuple
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -56,13 +68,8 @@ log = logging.getLogger(__name__)
 SCOPE = InstrumentationScope("conveyor", __version__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)
-_PHASES = (
-    ("QUEUE_START", "queue_ns"),
-    ("COMPUTE_START", "compute_ns"),
-    ("COMPUTE_INPUT_END", "input_end_ns"),
-    ("COMPUTE_OUTPUT_START", "output_start_ns"),
-    ("COMPUTE_END", "compute_end_ns"),
-)
+PHASES = ("QUEUE_START", "COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START",
+          "COMPUTE_END")  # fmt: skip
 ROOT_NAME = "InferRequest"
 # The SDK's BatchSpanProcessor defaults, where neither --trace-config nor OTEL_BSP_* set one.
 _BSP_DEFAULTS = {
@@ -70,75 +77,106 @@ _BSP_DEFAULTS = {
     OTEL_BSP_SCHEDULE_DELAY: 5000,
     OTEL_BSP_MAX_EXPORT_BATCH_SIZE: 512,
 }
+_LENGTH = struct.Struct("<I")
+RESTART_AFTER_S = 10.0
 
 
-class OtlpExporter:
-    """RequestTraces -> a queue -> the export thread: OTLP protobuf -> the SDK's HTTP client."""
+class SpanRecord(NamedTuple):
+    """One span as it crosses to the export process; times are wall-clock ns."""
 
-    def __init__(self, config: TraceConfig) -> None:
-        self.resource = Resource.create(config.resource_attributes())
-        self.exporter = OTLPSpanExporter(endpoint=config.url)
-        self.max_queue = _setting(config.bsp_max_queue_size, OTEL_BSP_MAX_QUEUE_SIZE)
-        self.batch = _setting(config.bsp_max_export_batch_size, OTEL_BSP_MAX_EXPORT_BATCH_SIZE)
-        self.delay_s = _setting(config.bsp_schedule_delay_ms, OTEL_BSP_SCHEDULE_DELAY) / 1000
-        # Monotonic phase times to the wall clock that spans carry.
-        self.offset_ns = time.time_ns() - time.monotonic_ns()
-        self.encoder = Encoder(self.resource, self.offset_ns)
-        # The exporter's HTTP client, which takes encoded requests (a private part of the
-        # SDK's exporter, pinned by the lock); without it, batches go through the SDK's
-        # own spans and encoder.
-        client = getattr(self.exporter, "_client", None)
-        self._post = getattr(client, "export", None)
-        self.dropped = 0
-        self._queue: collections.deque[RequestTrace] = collections.deque()
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="otlp-export", daemon=True)
-        self._thread.start()
+    trace_id: int
+    span_id: int
+    parent_span_id: int  # 0: none
+    remote_parent: bool  # the parent is the caller's span (from its traceparent)
+    tracestate: str  # the caller's `tracestate` header, as it came
+    step: bool  # an ensemble's step (INTERNAL, named after its model), else the request
+    model: str
+    version: str
+    request_id: str
+    protocol: str
+    start_ns: int
+    end_ns: int
+    batch_size: int
+    batch_id: int
+    phases: tuple[int, ...]  # the five PHASES' times, or () when the request never ran
+    error: str
 
-    def export(self, trace: RequestTrace) -> None:
-        """Queue a finished root trace (with its steps); on the event loop."""
-        queue = self._queue
-        if len(queue) >= self.max_queue:
-            if not self.dropped:
-                log.warning("the trace export queue is full; traces are being dropped")
-            self.dropped += 1
-            return
-        queue.append(trace)
-        if len(queue) == self.batch:
-            self._wake.set()
 
-    def close(self, timeout_s: float) -> None:
-        """Send what is queued (within `timeout_s`), then stop the export thread."""
-        self._stopping = True
-        self._wake.set()
-        self._thread.join(timeout_s)
-        self.exporter.shutdown()  # type: ignore[no-untyped-call]
+def records(trace: RequestTrace, offset_ns: int) -> list[tuple[object, ...]]:
+    """The spans of a finished root trace and of its steps, with monotonic times made wall:
+    SpanRecord's fields as plain tuples (a third of the pickling cost of named ones); the
+    export process makes them SpanRecords again."""
+    out: list[tuple[object, ...]] = []
+    root = trace.parent
+    caller = root if isinstance(root, Parent) else None
+    _records(trace, caller, caller.tracestate if caller else "", trace.end_ns, offset_ns, out)
+    return out
 
-    # -- the export thread ----------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(self.delay_s)
-            self._wake.clear()
-            stopping = self._stopping
-            while self._queue:
-                traces = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
-                try:
-                    self._send(traces)
-                except Exception:
-                    log.exception("a batch of %d traces could not be exported", len(traces))
-            if stopping:
-                return
+def _records(
+    trace: RequestTrace,
+    caller: Parent | None,
+    state: str,
+    root_end_ns: int,
+    off: int,
+    out: list[tuple[object, ...]],
+) -> None:
+    step = isinstance(trace.parent, RequestTrace)
+    if step:
+        assert isinstance(trace.parent, RequestTrace)
+        parent_span_id = trace.parent.span_id
+    else:
+        parent_span_id = caller.span_id if caller is not None else 0
+    phases: tuple[int, ...] = ()
+    if trace.compute_end_ns:
+        phases = (
+            trace.queue_ns + off,
+            trace.compute_ns + off,
+            trace.input_end_ns + off,
+            trace.output_start_ns + off,
+            trace.compute_end_ns + off,
+        )
+    out.append(
+        (
+            trace.trace_id,
+            trace.span_id,
+            parent_span_id,
+            not step and caller is not None,
+            state,
+            step,
+            trace.model,
+            trace.version,
+            trace.request_id,
+            trace.protocol,
+            trace.start_ns + off,
+            (trace.end_ns or root_end_ns) + off,
+            trace.batch_size,
+            trace.batch_id,
+            phases,
+            trace.error,
+        )
+    )
+    for child in trace.children:
+        _records(child, caller, state, root_end_ns, off, out)
 
-    def _send(self, traces: list[RequestTrace]) -> None:
-        if self._post is None:
-            spans = [span for trace in traces for span in readable_spans(trace, self)]
-            self.exporter.export(spans)
-            return
-        result = self._post(self.encoder.request(traces))
-        if not getattr(result, "success", True):
-            log.warning("the trace collector refused %d traces: %s", len(traces), result.error)
+
+def span_records(trace: RequestTrace, offset_ns: int) -> list[SpanRecord]:
+    """`records` as SpanRecords."""
+    return [SpanRecord._make(r) for r in records(trace, offset_ns)]
+
+
+class BatchSettings(NamedTuple):
+    max_queue: int
+    batch: int
+    delay_s: float
+
+    @classmethod
+    def of(cls, config: TraceConfig) -> BatchSettings:
+        return cls(
+            _setting(config.bsp_max_queue_size, OTEL_BSP_MAX_QUEUE_SIZE),
+            _setting(config.bsp_max_export_batch_size, OTEL_BSP_MAX_EXPORT_BATCH_SIZE),
+            _setting(config.bsp_schedule_delay_ms, OTEL_BSP_SCHEDULE_DELAY) / 1000,
+        )
 
 
 def _setting(value: int | None, env: str) -> int:
@@ -148,6 +186,183 @@ def _setting(value: int | None, env: str) -> int:
         return int(os.environ.get(env, _BSP_DEFAULTS[env]))
     except ValueError:
         return _BSP_DEFAULTS[env]
+
+
+class OtlpExporter:
+    """RequestTraces -> batches of SpanRecords -> the export process, through a pipe."""
+
+    def __init__(self, config: TraceConfig) -> None:
+        self.config = config
+        self.settings = BatchSettings.of(config)
+        # Monotonic phase times to the wall clock that spans carry.
+        self.offset_ns = time.time_ns() - time.monotonic_ns()
+        self.dropped = 0
+        self._pending: list[tuple[object, ...]] = []
+        # Records handed to the writer and not yet written: with _pending, the queue the
+        # SDK's max_queue_size bounds.
+        self._queued = 0
+        self._batches: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._started_s = 0.0
+        self._start_process()
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()  # _pending: the loop appends, the timer flushes
+        self._writer = threading.Thread(target=self._write, name="otlp-pipe", daemon=True)
+        self._writer.start()
+
+    # -- on the event loop ------------------------------------------------------------------
+
+    def export(self, trace: RequestTrace) -> None:
+        """Queue a finished root trace (with its steps)."""
+        if len(self._pending) + self._queued >= self.settings.max_queue:
+            if not self.dropped:
+                log.warning("the trace export queue is full; traces are being dropped")
+            self.dropped += 1
+            return
+        spans = records(trace, self.offset_ns)
+        with self._lock:
+            self._pending += spans
+            first = len(self._pending) == len(spans)
+            full = len(self._pending) >= self.settings.batch
+        if full:
+            self.flush()
+        elif first:
+            self._arm()
+
+    def _arm(self) -> None:
+        """The batch delay starts with a batch's first trace (a timer thread, not the loop:
+        export may be called where no loop runs)."""
+        timer = threading.Timer(self.settings.delay_s, self.flush)
+        timer.daemon = True
+        self._timer = timer
+        timer.start()
+
+    def flush(self) -> None:
+        """Send the pending records down the pipe (pickled here, written by the writer)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        if batch:
+            self._queued += len(batch)
+            self._batches.put((len(batch), pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)))
+
+    def close(self, timeout_s: float) -> None:
+        """Send what is queued, then end the export process (within `timeout_s`)."""
+        deadline = time.monotonic() + timeout_s
+        self.flush()
+        self._batches.put(None)
+        self._writer.join(timeout_s)
+        process = self._process
+        if process is None:
+            return
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("the trace export process did not finish in %.1f s; stopped", timeout_s)
+            process.kill()
+            process.wait()
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _write(self) -> None:
+        while (item := self._batches.get()) is not None:
+            count, data = item
+            try:
+                self._send(data)
+            except OSError as exc:
+                log.error("the trace export process is gone (%s); traces are dropped", exc)
+                self._restart()
+            finally:
+                self._queued -= count
+        process = self._process
+        if process is not None and process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+
+    def _send(self, data: bytes) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
+            raise BrokenPipeError("no export process")
+        process.stdin.write(_LENGTH.pack(len(data)) + data)
+        process.stdin.flush()
+
+    def _start_process(self) -> None:
+        spec = {
+            "url": self.config.url,
+            "resource": self.config.resource_attributes(),
+        }
+        self._started_s = time.monotonic()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "runtime.monitoring.otel", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def _restart(self) -> None:
+        if time.monotonic() - self._started_s < RESTART_AFTER_S:
+            return  # at most one start in RESTART_AFTER_S; batches meanwhile are dropped
+        process = self._process
+        if process is not None:
+            process.kill()
+            process.wait()
+        self._start_process()
+
+
+# -- the export process -----------------------------------------------------------------------
+
+
+class Sender:
+    """Batches of SpanRecords -> one OTLP request each -> the collector."""
+
+    def __init__(self, url: str, resource: Resource) -> None:
+        self.resource = resource
+        self.exporter = OTLPSpanExporter(endpoint=url)
+        self.encoder = Encoder(resource)
+        # The exporter's HTTP client, which takes encoded requests (a private part of the
+        # SDK's exporter, pinned by the lock); without it, batches go through the SDK's
+        # own spans and encoder.
+        client = getattr(self.exporter, "_client", None)
+        self.post = getattr(client, "export", None)
+
+    def send(self, batch: list[SpanRecord]) -> None:
+        if self.post is None:
+            self.exporter.export(readable_spans(batch, self.resource))
+            return
+        result = self.post(self.encoder.request(batch))
+        if not getattr(result, "success", True):
+            log.warning("the trace collector refused %d spans: %s", len(batch), result.error)
+
+    def close(self) -> None:
+        self.exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+def read_batches(stream: IO[bytes]) -> Iterator[list[SpanRecord]]:
+    """Length-prefixed pickled batches until the stream ends."""
+    while len(head := stream.read(_LENGTH.size)) == _LENGTH.size:
+        (size,) = _LENGTH.unpack(head)
+        data = stream.read(size)
+        if len(data) < size:
+            return
+        yield [SpanRecord._make(r) for r in pickle.loads(data)]
+
+
+def main(argv: list[str]) -> None:
+    """The export process: batches from stdin until it closes, then exit."""
+    # The server ends this process by closing the pipe, after its last batch; a signal to
+    # the whole process group (Ctrl-C) must not lose what is still on its way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = json.loads(argv[0])
+    sender = Sender(spec["url"], Resource.create(spec["resource"]))
+    for batch in read_batches(sys.stdin.buffer):
+        try:
+            sender.send(batch)
+        except Exception:
+            log.exception("a batch of %d spans could not be exported", len(batch))
+    sender.close()
 
 
 # -- OTLP protobuf, written directly -----------------------------------------------------------
@@ -192,10 +407,9 @@ def _key_value(key: str, value: str | int) -> bytes:
 
 
 class Encoder:
-    """Finished traces -> the bytes of one ExportTraceServiceRequest."""
+    """Batches of SpanRecords -> the bytes of one ExportTraceServiceRequest."""
 
-    def __init__(self, resource: Resource, offset_ns: int) -> None:
-        self.offset_ns = offset_ns
+    def __init__(self, resource: Resource) -> None:
         # The resource and scope as the SDK encodes them, from a request with one span.
         probe = ReadableSpan(
             name="probe",
@@ -213,77 +427,63 @@ class Encoder:
         self._scope_schema = _text(0x1A, schema) if schema else b""
         # Span.events: (the entry's tag, length and the time's tag; the name field).
         self._events = []
-        for name, slot in _PHASES:
+        for name in PHASES:
             named = _text(0x12, name)
-            head = b"\x5a" + _varint(9 + len(named)) + b"\x09"
-            self._events.append((slot, head, named))
-        self._names: dict[str, bytes] = {}
+            self._events.append((b"\x5a" + _varint(9 + len(named)) + b"\x09", named))
+        self._names: dict[tuple[bool, str], bytes] = {}
         self._pairs: dict[tuple[str, str], bytes] = {}
+        self._states: dict[str, bytes] = {}
 
-    def request(self, traces: list[RequestTrace]) -> bytes:
-        spans: list[bytes] = []
-        for trace in traces:
-            self._spans(trace, None, _state(trace), trace.end_ns, spans)
-        scope_spans = self._scope + b"".join(spans) + self._scope_schema
+    def request(self, batch: list[SpanRecord]) -> bytes:
+        spans = b"".join([_field(0x12, self.span(r)) for r in batch])
+        scope_spans = self._scope + spans + self._scope_schema
         resource_spans = self._resource + _field(0x12, scope_spans) + self._resource_schema
         return _field(0x0A, resource_spans)
 
-    def _spans(
-        self,
-        trace: RequestTrace,
-        parent_span_id: int | None,
-        state: bytes,
-        root_end_ns: int,
-        out: list[bytes],
-    ) -> None:
-        step = parent_span_id is not None
-        remote = not step and isinstance(trace.parent, Parent)
-        if remote:
-            assert isinstance(trace.parent, Parent)
-            parent_span_id = trace.parent.span_id
-        off = self.offset_ns
+    def span(self, r: SpanRecord) -> bytes:
         parts = [
             b"\x0a\x10",
-            trace.trace_id.to_bytes(16, "big"),
+            r.trace_id.to_bytes(16, "big"),
             b"\x12\x08",
-            trace.span_id.to_bytes(8, "big"),
-            state,
+            r.span_id.to_bytes(8, "big"),
         ]
-        if parent_span_id is not None:
-            parts += (b"\x22\x08", parent_span_id.to_bytes(8, "big"))
+        if r.tracestate:
+            parts.append(self._state(r.tracestate))
+        if r.parent_span_id:
+            parts += (b"\x22\x08", r.parent_span_id.to_bytes(8, "big"))
         parts += (
-            self._name(trace.model if step else ROOT_NAME, _INTERNAL if step else _SERVER),
+            self._name(r.step, r.model),
             b"\x39",
-            _fixed64(trace.start_ns + off),
+            _fixed64(r.start_ns),
             b"\x41",
-            _fixed64((trace.end_ns or root_end_ns) + off),
-            self._pair("triton.model_name", trace.model),
-            self._pair("triton.model_version", trace.version),
-            _key_value("triton.request_id", trace.request_id),
-            self._pair("conveyor.protocol", trace.protocol),
+            _fixed64(r.end_ns),
+            self._pair("triton.model_name", r.model),
+            self._pair("triton.model_version", r.version),
+            _key_value("triton.request_id", r.request_id),
+            self._pair("conveyor.protocol", r.protocol),
         )
-        if trace.compute_end_ns:
+        if r.phases:
             parts += (
-                _key_value("conveyor.batch_size", trace.batch_size),
-                _key_value("conveyor.batch_id", trace.batch_id),
+                _key_value("conveyor.batch_size", r.batch_size),
+                _key_value("conveyor.batch_id", r.batch_id),
             )
-            for slot, head, named in self._events:
-                parts += (head, _fixed64(getattr(trace, slot) + off), named)
-        if trace.error:
-            parts.append(_field(0x7A, _text(0x12, trace.error) + b"\x18\x02"))
+            for (head, named), t in zip(self._events, r.phases, strict=True):
+                parts += (head, _fixed64(t), named)
+        if r.error:
+            parts.append(_field(0x7A, _text(0x12, r.error) + b"\x18\x02"))
         else:
             parts.append(_UNSET_STATUS)
-        parts.append(_REMOTE_FLAGS if remote else _LOCAL_FLAGS)
-        out.append(_field(0x12, b"".join(parts)))
-        for child in trace.children:
-            self._spans(child, trace.span_id, state, root_end_ns, out)
+        parts.append(_REMOTE_FLAGS if r.remote_parent else _LOCAL_FLAGS)
+        return b"".join(parts)
 
-    def _name(self, name: str, kind: int) -> bytes:
+    def _name(self, step: bool, model: str) -> bytes:
         """Span.name and Span.kind (a step's name is its model's: a few distinct ones)."""
-        key = f"{kind}{name}"
-        encoded = self._names.get(key)
+        encoded = self._names.get((step, model))
         if encoded is None:
-            encoded = self._names[key] = _text(0x2A, name) + b"\x30" + _varint(kind)
+            name, kind = (model, _INTERNAL) if step else (ROOT_NAME, _SERVER)
+            encoded = _text(0x2A, name) + b"\x30" + _varint(kind)
+            if len(self._names) < 10_000:
+                self._names[(step, model)] = encoded
         return encoded
 
     def _pair(self, key: str, value: str) -> bytes:
@@ -294,73 +494,56 @@ class Encoder:
                 self._pairs[(key, value)] = encoded
         return encoded
 
-
-def _state(trace: RequestTrace) -> bytes:
-    """Span.trace_state of every span of a trace: the caller's `tracestate`, as the SDK
-    parses and writes it."""
-    header = _tracestate(trace)
-    if header is None:
-        return b""
-    text = ",".join(f"{key}={value}" for key, value in header.items())
-    return _text(0x1A, text) if text else b""
-
-
-# -- the SDK's spans of a trace ------------------------------------------------------------
+    def _state(self, header: str) -> bytes:
+        """Span.trace_state: the caller's `tracestate` as the SDK parses and writes it."""
+        encoded = self._states.get(header)
+        if encoded is None:
+            state = TraceState.from_header([header])
+            text = ",".join(f"{key}={value}" for key, value in state.items())
+            encoded = _text(0x1A, text) if text else b""
+            if len(self._states) < 10_000:
+                self._states[header] = encoded
+        return encoded
 
 
-def readable_spans(trace: RequestTrace, otlp: Any) -> list[ReadableSpan]:
-    """The spans of a root trace and its steps, as the SDK's ReadableSpans."""
-    out: list[ReadableSpan] = []
-    _readable(trace, None, trace.end_ns, otlp.resource, otlp.offset_ns, out)
-    return out
+# -- the SDK's spans of the same records ---------------------------------------------------------
 
 
-def _readable(
-    trace: RequestTrace,
-    parent: SpanContext | None,
-    root_end_ns: int,
-    resource: Resource,
-    off: int,
-    out: list[ReadableSpan],
-) -> None:
-    context = SpanContext(trace.trace_id, trace.span_id, False, _SAMPLED, _tracestate(trace))
-    if parent is None and isinstance(trace.parent, Parent):
-        parent = SpanContext(trace.trace_id, trace.parent.span_id, True, _SAMPLED)
+def readable_spans(batch: list[SpanRecord], resource: Resource) -> list[ReadableSpan]:
+    return [_readable(r, resource) for r in batch]
+
+
+def _readable(r: SpanRecord, resource: Resource) -> ReadableSpan:
+    state = TraceState.from_header([r.tracestate]) if r.tracestate else None
+    context = SpanContext(r.trace_id, r.span_id, False, _SAMPLED, state)
+    parent = None
+    if r.parent_span_id:
+        parent = SpanContext(r.trace_id, r.parent_span_id, r.remote_parent, _SAMPLED)
     attributes: dict[str, str | int] = {
-        "triton.model_name": trace.model,
-        "triton.model_version": trace.version,
-        "triton.request_id": trace.request_id,
-        "conveyor.protocol": trace.protocol,
+        "triton.model_name": r.model,
+        "triton.model_version": r.version,
+        "triton.request_id": r.request_id,
+        "conveyor.protocol": r.protocol,
     }
     events: list[Event] = []
-    if trace.compute_end_ns:
-        attributes["conveyor.batch_size"] = trace.batch_size
-        attributes["conveyor.batch_id"] = trace.batch_id
-        events = [Event(name, None, getattr(trace, slot) + off) for name, slot in _PHASES]
-    step = isinstance(trace.parent, RequestTrace)
-    out.append(
-        ReadableSpan(
-            name=trace.model if step else ROOT_NAME,
-            context=context,
-            parent=parent,
-            resource=resource,
-            attributes=attributes,
-            events=events,
-            kind=SpanKind.INTERNAL if step else SpanKind.SERVER,
-            status=Status(StatusCode.ERROR, trace.error) if trace.error else _OK,
-            start_time=trace.start_ns + off,
-            end_time=(trace.end_ns or root_end_ns) + off,
-            instrumentation_scope=SCOPE,
-        )
+    if r.phases:
+        attributes["conveyor.batch_size"] = r.batch_size
+        attributes["conveyor.batch_id"] = r.batch_id
+        events = [Event(name, None, t) for name, t in zip(PHASES, r.phases, strict=True)]
+    return ReadableSpan(
+        name=r.model if r.step else ROOT_NAME,
+        context=context,
+        parent=parent,
+        resource=resource,
+        attributes=attributes,
+        events=events,
+        kind=SpanKind.INTERNAL if r.step else SpanKind.SERVER,
+        status=Status(StatusCode.ERROR, r.error) if r.error else _OK,
+        start_time=r.start_ns,
+        end_time=r.end_ns,
+        instrumentation_scope=SCOPE,
     )
-    for child in trace.children:
-        _readable(child, context, root_end_ns, resource, off, out)
 
 
-def _tracestate(trace: RequestTrace) -> TraceState | None:
-    root = trace
-    while isinstance(root.parent, RequestTrace):
-        root = root.parent
-    if isinstance(root.parent, Parent) and root.parent.tracestate:
-        return TraceState.from_header([root.parent.tracestate])
-    return None
+if __name__ == "__main__":
+    main(sys.argv[1:])

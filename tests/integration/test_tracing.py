@@ -486,29 +486,52 @@ def test_tracing_can_start_over_the_api_on_a_server_started_without_it(
                 client.close()
 
 
-@pytest.mark.parametrize("path", ["encoded here", "the SDK's encoder"])
-def test_the_export_thread_sends_batches_and_flushes_at_close(
-    receiver: OtlpReceiver, path: str
-) -> None:
-    """OtlpExporter in this process: batches of the set size, the rest at close; with the
-    SDK's own span objects and encoder where the exporter's client is not the expected one."""
+def test_the_export_process_sends_batches_and_the_rest_at_close(receiver: OtlpReceiver) -> None:
+    """OtlpExporter in this process: a full batch leaves at once, the rest at close."""
     from runtime.monitoring.otel import OtlpExporter
     from runtime.monitoring.tracing import TraceConfig, Tracing
 
     specs = [f"url={receiver.url}", "bsp_schedule_delay=3600000", "bsp_max_export_batch_size=4"]
     otlp = OtlpExporter(TraceConfig.parse([f"opentelemetry,{s}" for s in specs]))
-    if path != "encoded here":
-        otlp._post = None
     tracing = Tracing(TraceConfig.parse(["level=TIMESTAMPS", "rate=1"]), otlp)
-    rids = [f"thread-{path}-{i}" for i in range(6)]
-    for rid in rids:
-        trace = tracing.start("m", {}, time.monotonic_ns(), "http", rid)
-        assert trace is not None
-        trace.end("1")
-    # a batch of 4 leaves at once; the last 2 only at close (the delay is an hour)
-    receiver.wait_for(lambda got: all(with_request_id(r)(got) for r in rids[:4]))
-    otlp.close(10.0)
+    prefix = f"process-{os.urandom(3).hex()}"
+    rids = [f"{prefix}-{i}" for i in range(6)]
+    try:
+        for rid in rids:
+            trace = tracing.start("m", {}, time.monotonic_ns(), "http", rid)
+            assert trace is not None
+            trace.end("1")
+        # a batch of 4 leaves at once; the last 2 only at close (the delay is an hour)
+        receiver.wait_for(lambda got: all(with_request_id(r)(got) for r in rids[:4]))
+    finally:
+        otlp.close(10.0)
+    assert otlp._process is not None
+    assert otlp._process.returncode == 0
     spans = receiver.wait_for(lambda got: all(with_request_id(r)(got) for r in rids))
     mine = [s for s in spans if s.attributes.get("triton.request_id") in rids]
     assert sorted(s.attributes["triton.request_id"] for s in mine) == rids
     assert all(s.name == "InferRequest" and s.kind == 2 and s.events == [] for s in mine)
+
+
+def test_without_the_expected_client_spans_go_through_the_sdks_encoder(
+    receiver: OtlpReceiver,
+) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    from runtime.monitoring.otel import Sender, span_records
+    from runtime.monitoring.tracing import TraceConfig, Tracing
+
+    sender = Sender(receiver.url, Resource.create({"service.name": "conveyor"}))
+    sender.post = None
+    collected: list[Any] = []
+    exporter = type("Collect", (), {"export": lambda self, t: collected.append(t)})()
+    tracing = Tracing(TraceConfig.parse(["level=TIMESTAMPS", "rate=1"]), exporter)
+    rid = f"sdk-{os.urandom(3).hex()}"
+    trace = tracing.start("m", {}, time.monotonic_ns(), "http", rid)
+    assert trace is not None
+    trace.end("1")
+    sender.send(span_records(collected[0], 0))
+    sender.close()
+    (span,) = [s for s in receiver.wait_for(with_request_id(rid))
+               if s.attributes.get("triton.request_id") == rid]  # fmt: skip
+    assert span.name == "InferRequest"

@@ -308,13 +308,14 @@ def test_a_step_is_exported_with_its_root_only() -> None:
 # -- spans, through the OpenTelemetry SDK ----------------------------------------------------
 
 
-def traced_requests(specs: list[str]) -> tuple[Any, list[RequestTrace]]:
-    """An OtlpExporter whose thread sends nothing (a long delay), and the root traces queued
-    in it: an ensemble whose step failed, a request that ran, one refused before it ran."""
-    from runtime.monitoring.otel import OtlpExporter
+OFFSET_NS = 1_700_000_000_000_000_000
 
-    otlp = OtlpExporter(TraceConfig.parse([*specs, "opentelemetry,bsp_schedule_delay=3600000"]))
-    t = Tracing(TraceConfig.parse(["level=TIMESTAMPS", "rate=1"]), otlp)
+
+def traced_requests() -> list[RequestTrace]:
+    """Finished root traces: an ensemble whose step failed (with the caller's tracestate), a
+    request that ran, one refused before it ran (its caller did not sample it)."""
+    collected = Collected()
+    t = Tracing(TraceConfig.parse(["level=TIMESTAMPS", "rate=1"]), collected)
     root = t.start("ens", {**SAMPLED, "tracestate": "vendor=1,other=x"}, 1_000, "http", "rid-1")
     assert root is not None
     step = root.child("inner")
@@ -328,27 +329,27 @@ def traced_requests(specs: list[str]) -> tuple[Any, list[RequestTrace]]:
     refused = t.start("mlp", {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00"}, 3_000, "grpc", "é")
     assert refused is not None
     refused.end("", RuntimeError("boom"))
-    traces = list(otlp._queue)
-    otlp._queue.clear()
-    otlp.close(5.0)
-    return otlp, traces
+    assert len(collected.traces) == 3
+    return collected.traces
 
 
 def test_the_encoded_request_is_what_the_sdks_encoder_makes_of_the_sdks_spans() -> None:
-    """The export thread writes OTLP protobuf itself (the SDK's encoder is too slow for the
+    """The export process writes OTLP protobuf itself (the SDK's encoder is too slow for the
     request rate); it must say exactly what the SDK would."""
     pytest.importorskip("opentelemetry.sdk", reason="tracing needs the `trace` extra")
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
+    from opentelemetry.sdk.resources import Resource
 
-    from runtime.monitoring.otel import readable_spans
+    from runtime.monitoring.otel import Encoder, readable_spans, span_records
 
-    otlp, traces = traced_requests(["opentelemetry,resource=team=ml"])
-    assert len(traces) == 3
-    ours = ExportTraceServiceRequest.FromString(otlp.encoder.request(traces))
-    sdk = encode_spans([span for t in traces for span in readable_spans(t, otlp)])
+    resource = Resource.create({"service.name": "conveyor", "team": "ml"})
+    batch = [r for t in traced_requests() for r in span_records(t, OFFSET_NS)]
+    assert len(batch) == 4
+    ours = ExportTraceServiceRequest.FromString(Encoder(resource).request(batch))
+    sdk = encode_spans(readable_spans(batch, resource))
     assert len(ours.resource_spans[0].scope_spans[0].spans) == 4
     assert ours == sdk
     # and the parsed message says the same again when the SDK's own bytes are parsed
@@ -357,12 +358,14 @@ def test_the_encoded_request_is_what_the_sdks_encoder_makes_of_the_sdks_spans() 
 
 def test_spans_carry_the_callers_context_ids_events_and_status() -> None:
     pytest.importorskip("opentelemetry.sdk", reason="tracing needs the `trace` extra")
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.trace import SpanKind, StatusCode
 
-    from runtime.monitoring.otel import readable_spans
+    from runtime.monitoring.otel import readable_spans, span_records
 
-    otlp, (root, _, _) = traced_requests(["opentelemetry,resource=team=ml"])
-    spans = {s.name: s for s in readable_spans(root, otlp)}
+    root = traced_requests()[0]
+    resource = Resource.create({"service.name": "conveyor", "team": "ml"})
+    spans = {s.name: s for s in readable_spans(span_records(root, OFFSET_NS), resource)}
     assert set(spans) == {"InferRequest", "inner"}
     top, inner = spans["InferRequest"], spans["inner"]
     assert top.context is not None
@@ -396,21 +399,25 @@ def test_spans_carry_the_callers_context_ids_events_and_status() -> None:
     assert top.resource.attributes["service.name"] == "conveyor"
     assert top.start_time is not None
     assert top.end_time is not None
-    assert top.start_time - otlp.offset_ns == 1_000
+    assert top.start_time - OFFSET_NS == 1_000
     assert top.start_time <= inner.start_time <= inner.end_time <= top.end_time  # type: ignore[operator]
 
 
 def test_a_full_queue_drops_traces_and_never_blocks() -> None:
     pytest.importorskip("opentelemetry.sdk", reason="tracing needs the `trace` extra")
+    import threading
+
     from runtime.monitoring.otel import OtlpExporter
 
     specs = ["bsp_schedule_delay=3600000", "bsp_max_queue_size=2", "bsp_max_export_batch_size=2"]
     otlp = OtlpExporter(TraceConfig.parse([f"opentelemetry,{s}" for s in specs]))
-    # the thread is woken at 2 queued and may take them at any time: hold it out of the queue
-    otlp._queue.append(RequestTrace(otlp, "m", "http", "r0", 1, 1, None))
-    otlp._queue.append(RequestTrace(otlp, "m", "http", "r1", 1, 1, None))
-    otlp.export(RequestTrace(otlp, "m", "http", "r2", 1, 1, None))
-    assert otlp.dropped == 1
-    assert [t.request_id for t in otlp._queue] == ["r0", "r1"]
-    otlp._queue.clear()
-    otlp.close(5.0)
+    stuck = threading.Event()
+    otlp._send = lambda data: stuck.wait(10) and None  # type: ignore[method-assign]
+    try:
+        for rid in ("r0", "r1", "r2"):  # r0 and r1 are a batch, held by a stuck pipe
+            otlp.export(RequestTrace(otlp, "m", "http", rid, 1, 1, None))
+        assert otlp.dropped == 1
+        assert otlp._pending == []
+    finally:
+        stuck.set()
+        otlp.close(10.0)
