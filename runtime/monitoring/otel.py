@@ -368,7 +368,6 @@ def main(argv: list[str]) -> None:
 # -- OTLP protobuf, written directly -----------------------------------------------------------
 # Field numbers and types from opentelemetry/proto/trace/v1/trace.proto and common.proto.
 
-_fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
 _SMALL = [bytes([n]) for n in range(128)]
 # Span.flags (fixed32, field 16): the SDK's SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK, with
@@ -377,6 +376,10 @@ _LOCAL_FLAGS = b"\x85\x01" + _fixed32(0x100)
 _REMOTE_FLAGS = b"\x85\x01" + _fixed32(0x300)
 _UNSET_STATUS = b"\x7a\x00"  # Span.status: an empty Status (code UNSET), as the SDK sends
 _SERVER, _INTERNAL = 2, 1  # Span.SpanKind
+_LOW64 = (1 << 64) - 1
+_IDS = struct.Struct(">2sQQ2sQ")  # trace_id (16 bytes, two halves) and span_id, big-endian
+_PARENT = struct.Struct(">2sQ")  # parent_span_id
+_TIMES = struct.Struct("<cQcQ")  # start_time_unix_nano and end_time_unix_nano, fixed64
 
 
 def _varint(n: int) -> bytes:
@@ -398,6 +401,23 @@ def _field(tag: int, payload: bytes) -> bytes:
 
 def _text(tag: int, value: str) -> bytes:
     return _field(tag, value.encode())
+
+
+def _key_field(key: str) -> bytes:
+    return _text(0x0A, key)
+
+
+_REQUEST_ID = _key_field("triton.request_id")
+_BATCH_SIZE = _key_field("conveyor.batch_size")
+_BATCH_ID = _key_field("conveyor.batch_id")
+
+
+def _attribute(key_field: bytes, tag: bytes, value: bytes) -> bytes:
+    """A Span.attributes entry from its encoded key and one AnyValue field: string_value
+    (tag 0x0A, `value` the UTF-8 bytes) or int_value (tag 0x18, `value` the varint)."""
+    any_value = tag + _varint(len(value)) + value if tag == b"\x0a" else tag + value
+    entry = key_field + b"\x12" + _varint(len(any_value)) + any_value
+    return b"\x4a" + _varint(len(entry)) + entry
 
 
 def _key_value(key: str, value: str | int) -> bytes:
@@ -425,13 +445,18 @@ class Encoder:
         self._scope = _field(0x0A, scope_spans.scope.SerializeToString())
         schema = scope_spans.schema_url
         self._scope_schema = _text(0x1A, schema) if schema else b""
-        # Span.events: (the entry's tag, length and the time's tag; the name field).
-        self._events = []
+        # Span.events, packed by one struct: per event, the entry's tag and length with
+        # the time's tag, the time, and the name field.
+        formats = ["<"]
+        self._event_args: list[bytes | int] = []
         for name in PHASES:
             named = _text(0x12, name)
-            self._events.append((b"\x5a" + _varint(9 + len(named)) + b"\x09", named))
-        self._names: dict[tuple[bool, str], bytes] = {}
-        self._pairs: dict[tuple[str, str], bytes] = {}
+            head = b"\x5a" + _varint(9 + len(named)) + b"\x09"
+            formats.append(f"{len(head)}sQ{len(named)}s")
+            self._event_args += (head, 0, named)
+        self._event_struct = struct.Struct("".join(formats))
+        self._commons: dict[tuple[bool, str, str], bytes] = {}
+        self._protocols: dict[str, bytes] = {}
         self._states: dict[str, bytes] = {}
 
     def request(self, batch: list[SpanRecord]) -> bytes:
@@ -441,34 +466,26 @@ class Encoder:
         return _field(0x0A, resource_spans)
 
     def span(self, r: SpanRecord) -> bytes:
-        parts = [
-            b"\x0a\x10",
-            r.trace_id.to_bytes(16, "big"),
-            b"\x12\x08",
-            r.span_id.to_bytes(8, "big"),
-        ]
+        tid = r.trace_id
+        parts = [_IDS.pack(b"\x0a\x10", tid >> 64, tid & _LOW64, b"\x12\x08", r.span_id)]
         if r.tracestate:
             parts.append(self._state(r.tracestate))
         if r.parent_span_id:
-            parts += (b"\x22\x08", r.parent_span_id.to_bytes(8, "big"))
+            parts.append(_PARENT.pack(b"\x22\x08", r.parent_span_id))
         parts += (
-            self._name(r.step, r.model),
-            b"\x39",
-            _fixed64(r.start_ns),
-            b"\x41",
-            _fixed64(r.end_ns),
-            self._pair("triton.model_name", r.model),
-            self._pair("triton.model_version", r.version),
-            _key_value("triton.request_id", r.request_id),
-            self._pair("conveyor.protocol", r.protocol),
+            self._common(r.step, r.model, r.version),
+            _TIMES.pack(b"\x39", r.start_ns, b"\x41", r.end_ns),
+            _attribute(_REQUEST_ID, b"\x0a", r.request_id.encode()),
+            self._protocol(r.protocol),
         )
         if r.phases:
             parts += (
-                _key_value("conveyor.batch_size", r.batch_size),
-                _key_value("conveyor.batch_id", r.batch_id),
+                _attribute(_BATCH_SIZE, b"\x18", _varint(r.batch_size)),
+                _attribute(_BATCH_ID, b"\x18", _varint(r.batch_id)),
             )
-            for (head, named), t in zip(self._events, r.phases, strict=True):
-                parts += (head, _fixed64(t), named)
+            args = self._event_args.copy()
+            args[1::3] = r.phases
+            parts.append(self._event_struct.pack(*args))
         if r.error:
             parts.append(_field(0x7A, _text(0x12, r.error) + b"\x18\x02"))
         else:
@@ -476,22 +493,30 @@ class Encoder:
         parts.append(_REMOTE_FLAGS if r.remote_parent else _LOCAL_FLAGS)
         return b"".join(parts)
 
-    def _name(self, step: bool, model: str) -> bytes:
-        """Span.name and Span.kind (a step's name is its model's: a few distinct ones)."""
-        encoded = self._names.get((step, model))
+    def _common(self, step: bool, model: str, version: str) -> bytes:
+        """What the spans of one model version share: Span.name, Span.kind and two
+        attributes (a bounded set: cached)."""
+        key = (step, model, version)
+        encoded = self._commons.get(key)
         if encoded is None:
             name, kind = (model, _INTERNAL) if step else (ROOT_NAME, _SERVER)
-            encoded = _text(0x2A, name) + b"\x30" + _varint(kind)
-            if len(self._names) < 10_000:
-                self._names[(step, model)] = encoded
+            encoded = b"".join(
+                (
+                    _text(0x2A, name),
+                    b"\x30",
+                    _varint(kind),
+                    _key_value("triton.model_name", model),
+                    _key_value("triton.model_version", version),
+                )
+            )
+            if len(self._commons) < 10_000:
+                self._commons[key] = encoded
         return encoded
 
-    def _pair(self, key: str, value: str) -> bytes:
-        encoded = self._pairs.get((key, value))
+    def _protocol(self, protocol: str) -> bytes:
+        encoded = self._protocols.get(protocol)
         if encoded is None:
-            encoded = _key_value(key, value)
-            if len(self._pairs) < 10_000:  # model names and versions: a bounded set
-                self._pairs[(key, value)] = encoded
+            encoded = self._protocols[protocol] = _key_value("conveyor.protocol", protocol)
         return encoded
 
     def _state(self, header: str) -> bytes:
