@@ -9,7 +9,8 @@ events (runtime/events.py).
 The rule is that model work never blocks the event loop. Its one measured exception:
 batches whose runs average under the model's `inline_run_us` (100 us by default) run on
 the loop, since handing them to a thread and back costs more than the run (BENCHMARKS.md,
-"inline runs"); a model that slows down moves back to its threads by itself.
+"inline runs"); a model that slows down moves back to its threads by itself, and one whose
+runs on threads only look slow comes back (probes, below).
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ from runtime.events import BatchDone, Events
 from runtime.types import InferenceRequest
 
 log = logging.getLogger(__name__)
+
+# A model on its threads whose runs average under PROBE_UNDER times its inline_run_us runs
+# every PROBE_EVERY-th batch on the loop, and that run's time replaces the average. On a
+# thread a run's time includes the wait for the GIL after the model releases it, which a
+# busy loop makes long: a fast model that went to its threads once (a busy moment) would
+# otherwise measure its runs there as slow, and stay.
+PROBE_EVERY = 64
+PROBE_UNDER = 10
 
 # What runs one batch: the model version's pipeline (pre steps, backend, post steps). A
 # coroutine function is awaited on the loop (a backend that waits on another process);
@@ -100,6 +109,7 @@ class DynamicBatcher:
         # threads; `inline` is False where runs must stay on them (device buffers).
         self._inline_ns = config.inline_run_us * 1000 if inline else 0
         self._run_ns = 0.0
+        self._since_probe = 0  # batches run on threads since the last probe
         self._arrival = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -202,8 +212,9 @@ class DynamicBatcher:
                 if batch is None:
                     self._slots.release()
                     return
-                if 0 < self._run_ns < self._inline_ns:
-                    self._run_inline(batch)
+                inline = 0 < self._run_ns < self._inline_ns
+                if inline or self._probe_due():
+                    self._run_inline(batch, probe=not inline)
                     self._slots.release()
                     await asyncio.sleep(0)  # the answered requests and the sockets go first
                     continue
@@ -218,6 +229,16 @@ class DynamicBatcher:
             for item in list(self._queue):
                 resolve(item.future, error=InternalError(f"batcher failed: {exc}"))
             raise
+
+    def _probe_due(self) -> bool:
+        """Whether this batch, due on a thread, runs on the loop instead to time it there."""
+        if not 0 < self._run_ns < PROBE_UNDER * self._inline_ns:
+            return False
+        self._since_probe += 1
+        if self._since_probe < PROBE_EVERY:
+            return False
+        self._since_probe = 0
+        return True
 
     async def _next_batch(self) -> list[Pending] | None:
         while True:
@@ -323,13 +344,13 @@ class DynamicBatcher:
         done.dispatched_ns = dispatched_ns
         self._release(seq, functools.partial(self._scatter, outputs, batch, done, seq))
 
-    def _run_inline(self, batch: list[Pending]) -> None:
+    def _run_inline(self, batch: list[Pending], probe: bool = False) -> None:
         """One batch on the event loop, answered as _execute answers one from a thread."""
         dispatched_ns = time.monotonic_ns()
         seq = self._dispatched
         self._dispatched += 1
         try:
-            outputs, done = self._run_batch(batch)
+            outputs, done = self._run_batch(batch, probe)
         except Exception as exc:
             self._answer_failure(seq, batch, exc, dispatched_ns)
             return
@@ -363,12 +384,14 @@ class DynamicBatcher:
                 item.trace.ran(item.enqueued_ns, done, seq)
             resolve(item.future, error=error)
 
-    def _run_batch(self, batch: list[Pending]) -> tuple[BatchOutputs, BatchDone]:
+    def _run_batch(
+        self, batch: list[Pending], probe: bool = False
+    ) -> tuple[BatchOutputs, BatchDone]:
         assert self._run_model is not None
         t0 = time.perf_counter_ns()
         inputs = joined(batch)
         t1 = time.perf_counter_ns()
-        return self._ran(batch, inputs, self._run_model(inputs), t0, t1)
+        return self._ran(batch, inputs, self._run_model(inputs), t0, t1, probe)
 
     async def _await_batch(
         self, run: AsyncRunFn, batch: list[Pending]
@@ -385,11 +408,16 @@ class DynamicBatcher:
         outputs: BatchOutputs,
         t0: int,
         t1: int,
+        probe: bool = False,
     ) -> tuple[BatchOutputs, BatchDone]:
-        """Time, check and watch a batch that ran (on whichever thread it ran)."""
+        """Time, check and watch a batch that ran (on whichever thread it ran); a probe's
+        time replaces the average."""
         t2 = time.perf_counter_ns()
         run_ns = t2 - t0
-        self._run_ns = run_ns if not self._run_ns else self._run_ns + (run_ns - self._run_ns) / 5
+        if probe or not self._run_ns:
+            self._run_ns = run_ns
+        else:
+            self._run_ns += (run_ns - self._run_ns) / 5
         rows = sum(p.rows for p in batch)
         if self._config.batched and isinstance(outputs, dict):
             check_rows(self._config.name, outputs, rows)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from runtime import config as cfg
+from runtime.batching import batcher as batcher_module
 from runtime.batching.batcher import DynamicBatcher
 from runtime.config import BatchingConfig, GraphTensor, ModelConfig, QueuePolicy, TensorSpec
 from runtime.errors import Cancelled, InternalError, InvalidInput, ServingError, Unavailable
@@ -976,6 +977,35 @@ def test_slow_runs_stay_on_instance_threads() -> None:
                 data = rows(1, i)
                 await check_own_rows([submit(batcher, data)], [data])
         assert loop_thread not in model.threads
+
+    run(body())
+
+
+def test_a_model_that_only_looks_slow_on_its_threads_comes_back_to_the_loop() -> None:
+    """A run on a thread also waits for the GIL after the model releases it, which a busy
+    loop makes long: a fast model timed there once must not stay there. Here runs take
+    300 µs off the loop and nothing on it, against a 100 µs threshold: the first run (on a
+    thread) puts the average over it, and a probe on the loop brings the runs back."""
+
+    loop_thread = threading.get_ident()
+
+    def slow_off_the_loop(inputs: Mapping[str, np.ndarray]) -> Arrays:
+        if threading.get_ident() != loop_thread:
+            threading.Event().wait(0.0003)
+        return double(inputs)
+
+    async def body() -> None:
+        model = ThreadRecorder(slow_off_the_loop)
+        async with batcher_for(inline_config(100), model) as batcher:
+            for i in range(batcher_module.PROBE_EVERY + 8):
+                data = rows(1, i)
+                await check_own_rows([submit(batcher, data)], [data])
+        on_loop = [i for i, t in enumerate(model.threads) if t == loop_thread]
+        assert model.threads[0] != loop_thread
+        assert on_loop, "never probed on the loop"
+        first = on_loop[0]
+        assert first == batcher_module.PROBE_EVERY  # the 64th run due on a thread
+        assert model.threads[first:] == [loop_thread] * (len(model.threads) - first)
 
     run(body())
 
