@@ -167,6 +167,14 @@ def post(server: ServerProcess, path: str, body: dict[str, Any]) -> None:
         r.read()
 
 
+def inferences(target: Target) -> int:
+    """The model's successful inferences since the server started (statistics extension)."""
+    url = f"http://127.0.0.1:{target.server.http_port}/v2/models/{target.model}/stats"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        stats = json.load(answer)["model_stats"][0]
+    return int(stats["inference_stats"]["success"]["count"])
+
+
 def sink_spans(port: int) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=120) as r:
         return int(r.read())
@@ -317,6 +325,7 @@ def main() -> None:
         if sink_port:
             time.sleep(1.0)
             report["spans_exported"] = sink_spans(sink_port)
+            report["traced_model_inferences"] = inferences(targets[1])
     traced_requests = sum(r["requests"] for r in report["rounds"] if r["target"] == "traced")
     report["traced_model_requests"] = traced_requests
     report["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}"
@@ -362,8 +371,8 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
     if "spans_exported" in report:
         console.print(
             f"spans received by the sink: {report['spans_exported']} for "
-            f"{report['traced_model_requests']} measured requests to the traced model "
-            "(warm-up requests are traced too)"
+            f"{report['traced_model_requests']} measured requests to the traced model; "
+            f"{report['traced_model_inferences']} inferences of it in all, warm-ups included"
         )
     print(f"wrote {args.out} ({report['machine']})")
 
