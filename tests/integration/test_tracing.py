@@ -486,6 +486,52 @@ def test_tracing_can_start_over_the_api_on_a_server_started_without_it(
                 client.close()
 
 
+def _export_processes(url: str) -> list[int]:
+    """Pids of export processes posting to `url` (its spec is on their command line)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "runtime.monitoring.otel" in cmdline and url in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_sigterm_sends_the_spans_still_queued_and_ends_the_export_process(
+    test_repo: Path, protocol: str
+) -> None:
+    """Spans waiting for a batch (the delay is an hour) leave as the server stops."""
+    receiver = OtlpReceiver()
+    try:
+        with running_server(
+            test_repo,
+            "--trace-config", f"opentelemetry,url={receiver.url}",
+            "--trace-config", "opentelemetry,bsp_schedule_delay=3600000",
+            "--trace-config", "level=TIMESTAMPS",
+            "--trace-config", "rate=1",
+        ) as server:  # fmt: skip
+            assert len(_export_processes(receiver.url)) == 1
+            client = make_client(protocol, server)
+            rids = [f"sigterm-{protocol}-{i}" for i in range(3)]
+            try:
+                for rid in rids:
+                    infer(client, protocol, **{"x-request-id": rid})
+            finally:
+                client.close()
+            time.sleep(0.2)
+            assert not receiver.spans  # still queued
+        spans = receiver.wait_for(lambda got: all(with_request_id(r)(got) for r in rids))
+        assert len(spans) == 3
+        assert _export_processes(receiver.url) == []
+    finally:
+        receiver.close()
+
+
 def test_the_export_process_sends_batches_and_the_rest_at_close(receiver: OtlpReceiver) -> None:
     """OtlpExporter in this process: a full batch leaves at once, the rest at close."""
     from runtime.monitoring.otel import OtlpExporter
