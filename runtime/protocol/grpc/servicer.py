@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from runtime.access import Restriction
 from runtime.dataplane import DataPlane
 from runtime.errors import InternalError, InvalidInput, PermissionDenied, ServingError
-from runtime.logs import CALL_KEYS, REQUEST_ID_HEADER
+from runtime.logs import CALL_KEYS, REQUEST_ID_HEADER, Call
 from runtime.proto import grpc_service_pb2 as pb
 from runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from runtime.protocol.grpc import codec
@@ -173,27 +173,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
         """One infer call; its request id goes back in the trailing metadata."""
+
+        def answer_with_id(call: Call) -> None:
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+
+        try:
+            return await self._call(request, call_metadata(context), answer_with_id)
+        except ServingError:
+            raise
+        except Exception:  # logged with its request id by CallLog.end
+            raise InternalError("internal server error") from None
+
+    async def _call(
+        self,
+        message: pb.ModelInferRequest,
+        carrier: Mapping[str, str],
+        begun: Callable[[Call], None] | None = None,
+    ) -> pb.ModelInferResponse:
+        """One inference call, as CallLog sees it: its request id and trace from `carrier`
+        (metadata), `begun` told of it first, and its end logged with its outcome."""
         received_ns = time.monotonic_ns()
-        version = request.model_version
-        call = self.dp.calls.begin(
-            "grpc", request.model_name, version, call_metadata(context), received_ns
-        )
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        version = message.model_version
+        call = self.dp.calls.begin("grpc", message.model_name, version, carrier, received_ns)
+        if begun is not None:
+            begun(call)
         error: BaseException | None = None
         try:
-            decoded = codec.decode_request(request)
-            decoded.received_ns = received_ns
-            decoded.protocol = "grpc"
-            decoded.trace = call.trace
-            response = await self.dp.infer(decoded)
+            request = codec.decode_request(message)
+            request.received_ns = received_ns
+            request.protocol = "grpc"
+            request.trace = call.trace
+            response = await self.dp.infer(request)
             version = response.model_version
             return codec.encode_response(response)
-        except ServingError as exc:
-            error = exc
-            raise
-        except Exception as exc:  # logged with its request id by CallLog.end
-            error = exc
-            raise InternalError("internal server error") from None
         except BaseException as exc:
             error = exc
             raise
@@ -243,28 +255,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         """One message of a stream, a call of its own for the logs and traces: its request id
         is the stream's (its metadata's) or a new one, and the stream's `traceparent` is the
         parent of each message's span."""
-        received_ns = time.monotonic_ns()
-        version = message.model_version
-        call = self.dp.calls.begin("grpc", message.model_name, version, carrier, received_ns)
-        failure: BaseException | None = None
         try:
-            request = codec.decode_request(message)
-            request.received_ns = received_ns
-            request.protocol = "grpc"
-            request.trace = call.trace
-            response = await self.dp.infer(request)
-            version = response.model_version
-            return pb.ModelStreamInferResponse(infer_response=codec.encode_response(response))
+            answer = await self._call(message, carrier)
+            return pb.ModelStreamInferResponse(infer_response=answer)
         except ServingError as exc:
-            error = failure = exc
+            error = exc
         except Exception as exc:  # logged with its request id by CallLog.end
-            failure = exc
             error = InternalError(f"internal server error: {type(exc).__name__}")
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            self.dp.calls.end(call, version, failure)
         reply = pb.ModelStreamInferResponse(error_message=error.message)
         reply.infer_response.id = message.id
         reply.infer_response.model_name = message.model_name
