@@ -25,16 +25,24 @@ _CHUNK = 1 << 16
 class Channel:
     """One end of a framed, pickled message stream on a connected socket."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, wait_readable: bool = False) -> None:
         sock.setblocking(True)
         self._sock = sock
+        # A reader that sleeps in recv() is woken whenever the other end reads a message
+        # this end wrote (a Unix socket wakes every sleeper on its queue when it frees send
+        # space), only to find nothing and sleep again: a wake-up, and on a virtual machine
+        # often a cross-CPU interrupt, per message. A sleeper in poll() for POLLIN is not.
+        self._readable: select.poll | None = None
+        if wait_readable:
+            self._readable = select.poll()
+            self._readable.register(sock, select.POLLIN)
         self._buffer = bytearray()
         self._scratch = bytearray(_CHUNK)
         self._view = memoryview(self._scratch)
 
     @classmethod
-    def from_fd(cls, fd: int) -> Channel:
-        return cls(socket.socket(fileno=fd))
+    def from_fd(cls, fd: int, *, wait_readable: bool = False) -> Channel:
+        return cls(socket.socket(fileno=fd), wait_readable=wait_readable)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -67,6 +75,8 @@ class Channel:
         return message
 
     def _read(self) -> None:
+        if self._readable is not None:
+            self._readable.poll()
         count = self._sock.recv_into(self._scratch)
         if count == 0:
             raise EOFError("the other end closed the channel")

@@ -239,7 +239,8 @@ def main(argv: list[str]) -> int:
     # The server decides when its workers stop (SIGTERM drains first); a Ctrl-C at the
     # terminal reaches the whole process group and must not kill a batch mid-run.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Channel.from_fd(int(argv[1]))
+    # The worker sleeps on its connection between batches (the server's end is on its loop).
+    conn = Channel.from_fd(int(argv[1]), wait_readable=True)
     worker = Worker(conn)
     if worker.start():
         worker.serve()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,3 +67,60 @@ def test_a_closed_end_is_eof(pair: tuple[Channel, Channel]) -> None:
     assert right.poll(1.0)  # readable: the close
     with pytest.raises(EOFError):
         right.recv()
+
+
+def _voluntary_switches(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc")
+
+
+ECHO = """
+import sys
+from runtime.channel import Channel
+conn = Channel.from_fd(int(sys.argv[1]), wait_readable={wait})
+while (message := conn.recv()) != "stop":
+    conn.send(message)
+"""
+
+
+@pytest.mark.parametrize("wait_readable", [True, False])
+def test_a_waiting_reader_wakes_once_a_message(wait_readable: bool) -> None:
+    """A worker waits for each batch on its end. Reading its answer on the other end frees
+    send space, which wakes a reader asleep in recv() for nothing; one asleep in poll() sleeps
+    on, so each message costs it one wake-up, not two."""
+    ours, theirs = socket.socketpair()
+    code = ECHO.format(wait=wait_readable)
+    root = Path(__file__).resolve().parents[2]
+    echo = subprocess.Popen(
+        [sys.executable, "-c", code, str(theirs.fileno())], pass_fds=[theirs.fileno()], cwd=root
+    )
+    theirs.close()
+    conn = Channel(ours)
+    try:
+        for i in range(20):  # started, imported, waiting
+            conn.send(i)
+            assert conn.recv() == i
+        messages = 200
+        before = _voluntary_switches(echo.pid)
+        for i in range(messages):
+            conn.send(i)
+            assert conn.poll(10)
+            # As on a server, whose loop reads an answer once the worker waits again, and
+            # sends the next batch later still (a wake-up not yet taken would merge).
+            time.sleep(0.001)
+            assert conn.recv() == i
+            time.sleep(0.001)
+        per_message = (_voluntary_switches(echo.pid) - before) / messages
+        conn.send("stop")
+        assert echo.wait(10) == 0
+    finally:
+        if echo.poll() is None:
+            echo.kill()
+        conn.close()
+    if wait_readable:
+        assert per_message < 1.2, per_message
+    else:  # the wake-up it saves: asleep in recv() it wakes twice a message
+        assert per_message > 1.8, per_message
