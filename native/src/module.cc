@@ -232,6 +232,7 @@ class Server {
       core_->Register(builder);
       server_ = builder.BuildAndStart();
       if (server_ && port != 0) {
+        core_->Listen(port);
         poller_ = std::thread([core = core_.get()] {
           pthread_setname_np(pthread_self(), "conveyor-grpc");  // as profilers show it
           core->Run();
@@ -251,6 +252,7 @@ class Server {
   }
 
   int Fileno() const { return core_->fd(); }
+  uint64_t CorkedGroups() const { return core_->corked_groups(); }
 
   // Every queued event as a tuple; a call whose event cannot be converted fails with
   // INTERNAL here rather than wait for a reply that would never come.
@@ -364,6 +366,8 @@ PYBIND11_MODULE(_native, m) {
            py::arg("max_message_bytes"), py::arg("max_concurrent_rpcs"))
       .def("start", &Server::Start, py::arg("address"), py::arg("tls") = py::none())
       .def("fileno", &Server::Fileno)
+      .def("corked_groups", &Server::CorkedGroups,
+           "How many groups of answers went out with their connections corked.")
       .def("drain", &Server::Drain)
       .def("finish", &Server::Finish, py::arg("answers"))
       .def("fail", &Server::Fail, py::arg("call_id"), py::arg("code"), py::arg("message"))

@@ -23,6 +23,7 @@
 #include <grpcpp/support/async_unary_call.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -105,6 +106,8 @@ class Call {
   // On the queue's thread: an operation completed.
   void Complete(Op::Kind kind, bool ok);
   virtual bool infer() const = 0;
+  // The client's address as gRPC names it ("ipv4:127.0.0.1:51234").
+  std::string Peer() { return context().peer(); }
 
  protected:
   virtual grpc::ServerContext& context() = 0;
@@ -192,6 +195,32 @@ class InferService : public grpc::Service {
                     grpc::ServerCompletionQueue* queue, void* tag);
 };
 
+// The sockets of the server's connections, found by the client's port, so that the answers
+// of a group go out corked (TCP_CORK): several answers on one connection leave in one
+// segment, and each client is woken once per group rather than once per answer. gRPC C++
+// writes each call's answer as it is finished and gives no way to hold them or to reach the
+// socket, so the sockets are found in /proc/self/fd by their local port (the listening
+// port) and their peer's. A socket found here may have been closed and its number reused
+// by the time it is corked: then corking fails (not a TCP socket) or holds some other TCP
+// socket's writes for the few microseconds until it is uncorked, both harmless.
+class Connections {
+ public:
+  void Listen(int port) { port_ = port; }
+  // Corks the sockets the answers will be written to; returns them, for Uncork.
+  std::vector<int> Cork(const std::vector<Answer>& answers);
+  static void Uncork(const std::vector<int>& sockets);
+  uint64_t corked() const { return corked_.load(std::memory_order_relaxed); }
+
+ private:
+  void Scan();
+  void Find(int peer_port, std::vector<int>& sockets) const;
+
+  int port_ = 0;
+  std::unordered_multimap<int, int> by_peer_port_;  // the client's port -> the socket
+  std::chrono::steady_clock::time_point scanned_{};
+  std::atomic<uint64_t> corked_{0};  // groups sent corked
+};
+
 // What the calls and the Python-facing server share: the services and the completion
 // queue, the event queue and its eventfd, the registry of calls by id, and the count of
 // calls in flight.
@@ -222,6 +251,9 @@ class Core {
   Metadata SelectedMetadata(const grpc::ServerContext& context) const;
   grpc::Status Refusal() const;
   int fd() const { return event_fd_; }
+  // Before Run: the port the server listens on, for corking its connections' answers.
+  void Listen(int port) { connections_.Listen(port); }
+  uint64_t corked_groups() const { return connections_.corked(); }
 
  private:
   friend class Call;
@@ -251,6 +283,7 @@ class Core {
   bool closed_ = false;       // the queue is shut down: every call is over, answers are moot
   grpc::Alarm alarm_;         // how another thread puts a tag on the queue
   Op answers_op_{nullptr, Op::kAnswers};
+  Connections connections_;  // the queue's thread's
 };
 
 }  // namespace conveyor
