@@ -16,9 +16,9 @@
 #      that a deliberate ASan error (a canary) does land in the log folder.
 #   3. Runs the gRPC tests (pytest -k grpc in tests/integration, which takes in the native
 #      front end's own tests, test_grpc_native.py, and its fuzz tests,
-#      test_fuzz_grpc_native.py; plus the native codec's unit tests) with the native front
-#      end (CONVEYOR_GRPC_FRONTEND=native, the default). The servers under test are
-#      subprocesses of pytest and inherit LD_PRELOAD, PYTHONPATH and the *SAN_OPTIONS.
+#      test_fuzz_grpc_native.py; plus the native codec's and the corking's unit tests) with
+#      the native front end (CONVEYOR_GRPC_FRONTEND=native, the default). The servers under
+#      test are subprocesses of pytest and inherit LD_PRELOAD, PYTHONPATH and the *SAN_OPTIONS.
 #   4. Gathers every sanitizer report from every process into one file (REPORT, default
 #      /tmp/asan_report.txt) and exits non-zero if pytest failed or any report was written.
 #
@@ -141,7 +141,8 @@ echo "[asan] UBSAN_OPTIONS=$UBSAN_OPTIONS"
 start=$SECONDS
 rc=0
 "$PYTHON" -m pytest -q -p no:cacheprovider -k grpc \
-    tests/integration tests/unit/test_grpc_native_codec.py "$@" 2>&1 \
+    tests/integration tests/unit/test_grpc_native_codec.py tests/unit/test_grpc_native_cork.py \
+    "$@" 2>&1 \
     | tee "$LOGS/pytest.log" || rc=$?
 echo "[asan] pytest exited $rc after $((SECONDS - start)) s"
 
