@@ -77,6 +77,19 @@ def _voluntary_switches(pid: int) -> int:
     raise AssertionError("no voluntary_ctxt_switches in /proc")
 
 
+def _wait_asleep(pid: int) -> None:
+    """Until the process sleeps (state S), a millisecond at least: a slow machine must not
+    catch it still awake, where a wake-up would find it running and not count."""
+    deadline = time.monotonic() + 10
+    time.sleep(0.001)
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] == "S":
+                return
+        time.sleep(0.0002)
+    raise AssertionError(f"process {pid} never went to sleep")
+
+
 ECHO = """
 import sys
 from runtime.channel import Channel
@@ -110,9 +123,9 @@ def test_a_waiting_reader_wakes_once_a_message(wait_readable: bool) -> None:
             assert conn.poll(10)
             # As on a server, whose loop reads an answer once the worker waits again, and
             # sends the next batch later still (a wake-up not yet taken would merge).
-            time.sleep(0.001)
+            _wait_asleep(echo.pid)
             assert conn.recv() == i
-            time.sleep(0.001)
+            _wait_asleep(echo.pid)
         per_message = (_voluntary_switches(echo.pid) - before) / messages
         conn.send("stop")
         assert echo.wait(10) == 0
