@@ -123,3 +123,46 @@ def test_duplicate_input(stub: Any) -> None:
     msg = request()
     msg.inputs[1].name = "INPUT0"
     assert "INPUT0" in expect_invalid(stub, msg)
+
+
+# -- messages that do not parse: INVALID_ARGUMENT naming the message, on both front ends --
+
+SERVICE = "/inference.GRPCInferenceService"
+MALFORMED = [b"\xff\xff\xff", b"\x0a\x05ab"]  # a bad tag; a field longer than the message
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("ModelInfer", "ModelInferRequest"),
+        ("ModelMetadata", "ModelMetadataRequest"),
+        ("ModelConfig", "ModelConfigRequest"),
+    ],
+)
+@pytest.mark.parametrize("payload", MALFORMED)
+def test_malformed_protobuf_is_an_invalid_argument(
+    server: ServerProcess, method: str, message: str, payload: bytes
+) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = channel.unary_unary(f"{SERVICE}/{method}")  # the bytes as they are
+        with pytest.raises(grpc.RpcError) as info:
+            call(payload, timeout=CLIENT_TIMEOUT_S)
+    error: Any = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == f"the {message} could not be parsed (malformed protobuf)"
+
+
+def test_a_stream_answers_each_message_then_ends_on_a_malformed_one(server: ServerProcess) -> None:
+    good = request(id="s1").SerializeToString()
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stream = channel.stream_stream(f"{SERVICE}/ModelStreamInfer")
+        replies = stream(iter([good]), timeout=CLIENT_TIMEOUT_S)
+        (only,) = [service_pb2.ModelStreamInferResponse.FromString(r) for r in replies]
+        assert only.error_message == ""
+        assert only.infer_response.id == "s1"
+        broken = stream(iter([good, MALFORMED[0]]), timeout=CLIENT_TIMEOUT_S)
+        with pytest.raises(grpc.RpcError) as info:
+            list(broken)
+    error: Any = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "ModelStreamInfer message could not be parsed (malformed protobuf)" in error.details()

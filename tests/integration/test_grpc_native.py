@@ -150,17 +150,6 @@ def test_typed_contents_and_raw_contents_give_the_same_answer(channel: grpc.Chan
     assert np.frombuffer(answers[0][0], np.float32).tolist() == (row0 + row1).ravel().tolist()
 
 
-@pytest.mark.parametrize("method", ["ModelInfer", "ModelMetadata", "ModelConfig"])
-@pytest.mark.parametrize("payload", [b"\xff\xff\xff", b"\x0a\x05ab"])
-def test_malformed_protobuf_is_an_invalid_argument(
-    native: ServerProcess, channel: grpc.Channel, method: str, payload: bytes
-) -> None:
-    error: Any = rpc_error(raw_call, channel, method, payload)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert "malformed protobuf" in error.details()
-    check_still_serving(native)
-
-
 @pytest.mark.parametrize(
     "method", [f"{SERVICE}/NoSuchRpc", "/grpc.health.v1.Health/Check", "/x.Y/Z"]
 )
@@ -188,24 +177,6 @@ def test_wrong_sized_raw_contents_are_refused(native: ServerProcess, channel: gr
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "needs 16 bytes, got 15" in error.details()
     check_still_serving(native)
-
-
-def test_a_stream_answers_each_message_and_ends_on_a_malformed_one(
-    channel: grpc.Channel,
-) -> None:
-    good = service_pb2.ModelInferRequest(model_name="add_sub_fp32", id="s1")
-    for name in ("INPUT0", "INPUT1"):
-        good.inputs.add(name=name, datatype="FP32", shape=[1, 4])
-        good.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
-    stream = channel.stream_stream(f"{SERVICE}/ModelStreamInfer")
-    replies = stream(iter([good.SerializeToString()]), timeout=CLIENT_TIMEOUT_S)
-    (only,) = [service_pb2.ModelStreamInferResponse.FromString(r) for r in replies]
-    assert only.error_message == ""
-    assert only.infer_response.id == "s1"
-    broken = stream(iter([good.SerializeToString(), b"\xff\xff"]), timeout=CLIENT_TIMEOUT_S)
-    with pytest.raises(grpc.RpcError) as info:
-        list(broken)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
 
 
 def queue_depth(srv: ServerProcess, model: str) -> float:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from runtime.access import Restriction
 from runtime.dataplane import DataPlane
@@ -325,10 +325,77 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     CudaSharedMemoryUnregister = _unimplemented
 
 
+SERVICE = "inference.GRPCInferenceService"
+
+
+def malformed(request_type: type[Message], stream: bool = False) -> str:
+    """What a request that does not parse is told (INVALID_ARGUMENT), on both front ends."""
+    if stream:
+        return "a ModelStreamInfer message could not be parsed (malformed protobuf)"
+    return f"the {request_type.__name__} could not be parsed (malformed protobuf)"
+
+
+def _parsing_unary(
+    handler: Callable[[Any, Any], Awaitable[Message]], request_type: type[Message]
+) -> Callable[[bytes, Any], Awaitable[Message]]:
+    async def parse_then_handle(payload: bytes, context: Any) -> Message:
+        try:
+            request = request_type.FromString(payload)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed(request_type))
+        return await handler(request, context)
+
+    return parse_then_handle
+
+
+def _parsing_stream(
+    handler: Callable[[AsyncIterator[Any], Any], AsyncIterator[Message]],
+    request_type: type[Message],
+) -> Callable[[AsyncIterator[bytes], Any], AsyncIterator[Message]]:
+    async def parse_then_handle(payloads: AsyncIterator[bytes], context: Any) -> Any:
+        broken = False
+
+        async def requests() -> AsyncIterator[Message]:
+            nonlocal broken
+            async for payload in payloads:
+                try:
+                    request = request_type.FromString(payload)
+                except DecodeError:
+                    broken = True  # read no further; what was accepted is still answered
+                    return
+                yield request
+
+        async for response in handler(requests(), context):
+            yield response
+        if broken:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, malformed(request_type, stream=True)
+            )
+
+    return parse_then_handle
+
+
 def add_to_server(
     server: grpc.aio.Server,
     dataplane: DataPlane,
     restrictions: Mapping[str, Restriction] | None = None,
 ) -> None:
+    """The service with its requests parsed here rather than by grpc.aio, whose own parser
+    answers a message that does not parse with UNKNOWN and the parser's exception: here it
+    is INVALID_ARGUMENT naming the message, as on the native front end."""
     servicer = InferenceServicer(dataplane, restrictions)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    service = pb.DESCRIPTOR.services_by_name[SERVICE.split(".")[-1]]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        serialize = getattr(pb, method.output_type.name).SerializeToString
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _parsing_stream(behaviour, request_type), response_serializer=serialize
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _parsing_unary(behaviour, request_type), response_serializer=serialize
+            )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

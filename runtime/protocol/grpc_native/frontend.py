@@ -31,7 +31,13 @@ from runtime.dataplane import DataPlane
 from runtime.errors import ServingError
 from runtime.logs import CALL_KEYS, REQUEST_ID_HEADER, Call
 from runtime.proto import grpc_service_pb2 as pb
-from runtime.protocol.grpc.servicer import MAX_MESSAGE_BYTES, InferenceServicer, status_code
+from runtime.protocol.grpc.servicer import (
+    MAX_MESSAGE_BYTES,
+    SERVICE,
+    InferenceServicer,
+    malformed,
+    status_code,
+)
 from runtime.protocol.grpc_native import codec
 from runtime.protocol.grpc_native.codec import ANSWER_CLOSE, ANSWER_ERROR, ANSWER_MESSAGE
 from runtime.types import InferenceRequest, InferenceResponse
@@ -39,7 +45,6 @@ from runtime.types import InferenceRequest, InferenceResponse
 log = logging.getLogger(__name__)
 
 EXTENSION = "conveyor_grpc_native"
-SERVICE = "inference.GRPCInferenceService"
 
 # The first element of an event tuple (native/python/conveyor_grpc_native/_native.pyi).
 INFER, UNARY, STREAM_OPEN, STREAM_MESSAGE, STREAM_END, CANCEL = range(6)
@@ -247,7 +252,7 @@ class NativeFrontend:
             task = self._tasks.pop(call_id, None)
             if task is not None:
                 task.cancel()
-            message = "a ModelStreamInfer message could not be parsed (malformed protobuf)"
+            message = malformed(pb.ModelInferRequest, stream=True)
             self._answer(error_answer(call_id, grpc.StatusCode.INVALID_ARGUMENT, message))
 
     # -- calls --------------------------------------------------------------------------
@@ -289,7 +294,7 @@ class NativeFrontend:
         try:
             request = request_type.FromString(payload)
         except DecodeError:
-            message = f"the {request_type.__name__} could not be parsed (malformed protobuf)"
+            message = malformed(request_type)
             return error_answer(call_id, grpc.StatusCode.INVALID_ARGUMENT, message)
         context = Context(metadata)
         try:
