@@ -2,6 +2,7 @@
 
     make perf-analyzer && bash benchmarks/install_peers.sh   # once
     .venv/bin/python benchmarks/grpc_peers.py [--models mlp,simple] [--duration 3] [--rounds 2]
+        [--server-cpus 0-1 --client-cpus 2-5]
 
 The issue's goal: on Triton's "simple" (INT32 [1, 16] add/sub) and on the bundled MLP
 (64-256-256-10 FP32), one row per request at concurrency 16, perf_analyzer over gRPC measures
@@ -50,6 +51,13 @@ functions, tritonserver and the Python backend's stubs) and of perf_analyzer, ea
 inference the server counted; the server's average batch (inferences / executions); and the
 cores busy with other work (machine busy time from /proc/stat less server and perf_analyzer,
 plus steal), since the machine may be shared.
+
+Where the servers and perf_analyzer run: each server starts in a session of its own (so that
+stopping it reaches every process it started), which on a kernel that groups tasks by session
+for scheduling (autogroup) makes it a scheduling entity apart from perf_analyzer. On two
+cores shared with perf_analyzer that placement decides a good part of the tails (BENCHMARKS.md,
+"Native gRPC front end"). `--server-cpus` and `--client-cpus` pin each side to CPUs of its
+own (taskset; a server's children inherit it), on a machine with cores to spare.
 
 Writes benchmarks/results/grpc_peers.json and prints a table and the ratios: Conveyor gRPC /
 PyTriton gRPC throughput per model, and Conveyor's gRPC p99 / its HTTP p99.
@@ -371,9 +379,15 @@ class Checks:
 # ---- the servers -----------------------------------------------------------------------------
 
 
-def start_conveyor(folder: Path, repo: Path) -> Server:
+def pinned(cpus: str | None) -> list[str]:
+    """A command's prefix that keeps it and its children on `cpus` (taskset's list), if any."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+def start_conveyor(folder: Path, repo: Path, cpus: str | None) -> Server:
     http, grpc_, metrics = free_port(), free_port(), free_port()
     cmd = [
+        *pinned(cpus),
         *(sys.executable, "-m", "runtime", "serve", "--model-repository", str(repo)),
         *("--host", HOST, "--http-port", str(http), "--grpc-port", str(grpc_)),
         *("--metrics-port", str(metrics), "--grpc-frontend", "native"),
@@ -382,11 +396,11 @@ def start_conveyor(folder: Path, repo: Path) -> Server:
     return Server("conveyor", cmd, ROOT, env, http, grpc_, folder / "server.log")
 
 
-def start_pytriton(folder: Path, spec: dict[str, dict[str, Any]]) -> Server:
+def start_pytriton(folder: Path, spec: dict[str, dict[str, Any]], cpus: str | None) -> Server:
     (folder / "serve.py").write_text(PYTRITON_SCRIPT)
     (folder / "spec.json").write_text(json.dumps(spec))
     http, grpc_, metrics = free_port(), free_port(), free_port()
-    cmd = [str(PYTRITON_PYTHON), "serve.py", str(http), str(grpc_), str(metrics)]
+    cmd = [*pinned(cpus), str(PYTRITON_PYTHON), "serve.py", str(http), str(grpc_), str(metrics)]
     cmd += [str(folder / "workspace"), str(folder / "spec.json")]
     env = peer_env() | ONE_THREAD
     return Server("pytriton", cmd, folder, env, http, grpc_, folder / "server.log")
@@ -403,11 +417,14 @@ def model_stats(server: Server, model: str) -> dict[str, Any]:
 # ---- one measured step -----------------------------------------------------------------------
 
 
-def perf_analyzer(model: str, protocol: str, port: int, seconds: float) -> dict[str, Any]:
+def perf_analyzer(
+    model: str, protocol: str, port: int, seconds: float, cpus: str | None = None
+) -> dict[str, Any]:
     """perf_analyzer's figures for one step, from its CSV."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pa.csv"
         cmd = [
+            *pinned(cpus),
             str(PERF_ANALYZER),
             "-m", model,
             "-u", f"{HOST}:{port}",
@@ -465,7 +482,7 @@ def measure(
     stats0, cpu0, client0 = model_stats(server, model), server.tree_cpu_s(), children_cpu_s()
     (busy0, steal0), wall0 = machine_cpu_s(), time.monotonic()
     port = server.grpc_port if protocol == "grpc" else server.http_port
-    row = perf_analyzer(model, protocol, port, args.duration)
+    row = perf_analyzer(model, protocol, port, args.duration, args.client_cpus)
     (busy1, steal1), wall = machine_cpu_s(), time.monotonic() - wall0
     stats1, cpu1, client = model_stats(server, model), server.tree_cpu_s(), children_cpu_s()
     client -= client0
@@ -492,10 +509,12 @@ def measure(
 # ---- the rounds ------------------------------------------------------------------------------
 
 
-def start(name: str, folder: Path, repo: Path, checks: Checks, models: list[str]) -> Server:
+def start(
+    name: str, folder: Path, repo: Path, checks: Checks, models: list[str], cpus: str | None
+) -> Server:
     """A fresh server, ready and checked."""
     if name == "conveyor":
-        server = start_conveyor(folder, repo)
+        server = start_conveyor(folder, repo, cpus)
     else:
         spec: dict[str, dict[str, Any]] = {
             m: {"max_batch_size": checks.signatures[m]["max_batch_size"]} for m in models
@@ -506,7 +525,7 @@ def start(name: str, folder: Path, repo: Path, checks: Checks, models: list[str]
                 weights |= {f"W{i}": w, f"B{i}": b}
             np.savez(folder / "mlp.npz", **weights)  # type: ignore[arg-type]
             spec["mlp"]["weights"] = str(folder / "mlp.npz")
-        server = start_pytriton(folder, spec)
+        server = start_pytriton(folder, spec, cpus)
     try:
         server.wait_ready(tuple(models))
         if name == "conveyor" and "(native)" not in server.log_path.read_text():
@@ -534,7 +553,7 @@ def run_rounds(
             where = folder / f"{round_}_{name}"
             where.mkdir()
             t0 = time.monotonic()
-            server = start(name, where, repo, checks, args.models)
+            server = start(name, where, repo, checks, args.models, args.server_cpus)
             try:
                 versions[name] = server.version
                 console.print(
@@ -663,6 +682,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds alternate which goes first")
     parser.add_argument("--goal", type=float, default=3.0, help="throughput ratio to meet")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/grpc_peers.json")
+    parser.add_argument(
+        "--server-cpus", help="CPUs for the server and its children (taskset -c list)"
+    )
+    parser.add_argument("--client-cpus", help="CPUs for perf_analyzer (taskset -c list)")
     args = parser.parse_args()
     args.models = args.models.split(",")
     if unknown := set(args.models) - set(MODELS):
@@ -697,6 +720,7 @@ def main() -> None:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "concurrency": CONCURRENCY,
+        "placement": {"server_cpus": args.server_cpus, "client_cpus": args.client_cpus},
         "perf_analyzer": f"-b 1 --concurrency-range {CONCURRENCY} --measurement-interval "
         f"{args.duration * 1000:.0f} --stability-percentage {STABILITY_PERCENT} "
         f"--max-trials {MAX_TRIALS}",
