@@ -328,10 +328,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 SERVICE = "inference.GRPCInferenceService"
 
 
-def malformed(request_type: type[Message], stream: bool = False) -> str:
-    """What a request that does not parse is told (INVALID_ARGUMENT), on both front ends."""
-    if stream:
-        return "a ModelStreamInfer message could not be parsed (malformed protobuf)"
+# What a request that does not parse is told (INVALID_ARGUMENT), on both front ends.
+MALFORMED_STREAM_MESSAGE = "a ModelStreamInfer message could not be parsed (malformed protobuf)"
+
+
+def malformed(request_type: type[Message]) -> str:
     return f"the {request_type.__name__} could not be parsed (malformed protobuf)"
 
 
@@ -368,9 +369,7 @@ def _parsing_stream(
         async for response in handler(requests(), context):
             yield response
         if broken:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, malformed(request_type, stream=True)
-            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_STREAM_MESSAGE)
 
     return parse_then_handle
 

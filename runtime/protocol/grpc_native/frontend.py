@@ -32,6 +32,7 @@ from runtime.errors import ServingError
 from runtime.logs import CALL_KEYS, REQUEST_ID_HEADER, Call
 from runtime.proto import grpc_service_pb2 as pb
 from runtime.protocol.grpc.servicer import (
+    MALFORMED_STREAM_MESSAGE,
     MAX_MESSAGE_BYTES,
     SERVICE,
     InferenceServicer,
@@ -252,8 +253,9 @@ class NativeFrontend:
             task = self._tasks.pop(call_id, None)
             if task is not None:
                 task.cancel()
-            message = malformed(pb.ModelInferRequest, stream=True)
-            self._answer(error_answer(call_id, grpc.StatusCode.INVALID_ARGUMENT, message))
+            self._answer(
+                error_answer(call_id, grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_STREAM_MESSAGE)
+            )
 
     # -- calls --------------------------------------------------------------------------
 
