@@ -26,7 +26,7 @@ from runtime.logs import CallLog, LogSettings
 from runtime.monitoring.metrics import Metrics
 from runtime.monitoring.tracing import TraceConfig, Tracing
 from runtime.poller import RepositoryPoller
-from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server
+from runtime.protocol.grpc.servicer import SERVER_OPTIONS, add_to_server, connection_options
 from runtime.protocol.grpc_native import frontend as grpc_native
 from runtime.protocol.http.app import create_app, create_metrics_app
 from runtime.protocol.http.connection import http_protocol, limit_concurrency
@@ -190,7 +190,7 @@ class Server:
             )
             return
         self._grpc = grpc.aio.server(
-            options=SERVER_OPTIONS,
+            options=SERVER_OPTIONS + connection_options(self.config),
             # grpc.aio answers calls past it RESOURCE_EXHAUSTED at once, before any handler.
             maximum_concurrent_rpcs=self.config.grpc_max_concurrent_rpcs or None,
         )

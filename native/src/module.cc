@@ -214,11 +214,17 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const std::optional<Tls>& t
   return grpc::SslServerCredentials(options);
 }
 
+// gRPC channel arguments for the server's connections (keepalive, pings, connection age),
+// by name: the same list grpc.aio takes as server options.
+using ConnectionOptions = std::vector<std::pair<std::string, int>>;
+
 class Server {
  public:
-  Server(std::vector<std::string> metadata_keys, int max_message_bytes, int max_calls)
+  Server(std::vector<std::string> metadata_keys, int max_message_bytes, int max_calls,
+         ConnectionOptions channel_arguments)
       : core_(std::make_unique<Core>(std::move(metadata_keys), max_calls)),
-        max_message_bytes_(max_message_bytes) {}
+        max_message_bytes_(max_message_bytes),
+        channel_arguments_(std::move(channel_arguments)) {}
 
   int Start(const std::string& address, const std::optional<Tls>& tls) {
     if (server_) throw std::runtime_error("the server is already started");
@@ -229,6 +235,9 @@ class Server {
       builder.AddListeningPort(address, Credentials(tls), &port);
       builder.SetMaxReceiveMessageSize(max_message_bytes_);
       builder.SetMaxSendMessageSize(max_message_bytes_);
+      for (const auto& [name, value] : channel_arguments_) {
+        builder.AddChannelArgument(name, value);
+      }
       core_->Register(builder);
       server_ = builder.BuildAndStart();
       if (server_ && port != 0) {
@@ -343,6 +352,7 @@ class Server {
   std::unique_ptr<grpc::Server> server_;
   std::thread poller_;  // runs core_->Run()
   int max_message_bytes_;
+  ConnectionOptions channel_arguments_;
 };
 
 }  // namespace
@@ -350,6 +360,7 @@ class Server {
 
 PYBIND11_MODULE(_native, m) {
   using conveyor::Blob;
+  using conveyor::ConnectionOptions;
   using conveyor::Server;
   m.doc() = "inference.GRPCInferenceService on gRPC C++, driven by an asyncio event loop";
 
@@ -362,8 +373,9 @@ PYBIND11_MODULE(_native, m) {
       .def("__len__", [](const Blob& blob) { return blob.bytes->size(); });
 
   py::class_<Server>(m, "Server")
-      .def(py::init<std::vector<std::string>, int, int>(), py::arg("metadata_keys"),
-           py::arg("max_message_bytes"), py::arg("max_concurrent_rpcs"))
+      .def(py::init<std::vector<std::string>, int, int, ConnectionOptions>(),
+           py::arg("metadata_keys"), py::arg("max_message_bytes"),
+           py::arg("max_concurrent_rpcs"), py::arg("channel_arguments") = ConnectionOptions())
       .def("start", &Server::Start, py::arg("address"), py::arg("tls") = py::none())
       .def("fileno", &Server::Fileno)
       .def("corked_groups", &Server::CorkedGroups,

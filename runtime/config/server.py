@@ -67,6 +67,23 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+# gRPC's channel arguments are C ints.
+GRPC_INT_MAX = 2**31 - 1
+
+
+def grpc_milliseconds(text: str) -> int:
+    """A gRPC connection setting in milliseconds (or a count): 0 to 2**31 - 1, as gRPC takes it."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= GRPC_INT_MAX:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to {GRPC_INT_MAX}, got '{text}'"
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Flag:
     """One `conveyor serve` flag: its names (aliases after the first), help and how it parses.
@@ -270,6 +287,85 @@ class ServerConfig:
             type=non_negative_int,
             help="gRPC calls in flight at once (a stream counts as one); beyond it calls are "
             "answered RESOURCE_EXHAUSTED at once (default 512; 0 = no limit)",
+        ),
+    )
+    # gRPC connection management, with tritonserver's flags, units (ms) and defaults, which
+    # are gRPC's own. Keepalive: the server pings each connection after --grpc-keepalive-time
+    # without activity and closes it when no answer comes within --grpc-keepalive-timeout.
+    # Ping policing: a client's pings closer than the minimum interval, with no data sent
+    # meanwhile, are strikes; past the strikes the connection gets GOAWAY (too_many_pings).
+    # Connection age: each connection is sent GOAWAY after --grpc-max-connection-age, so
+    # that long-lived clients spread over replicas added since they connected; calls in
+    # flight get the grace to finish.
+    grpc_keepalive_time_ms: int = field(
+        default=7_200_000,
+        metadata=flag(
+            "--grpc-keepalive-time",
+            type=grpc_milliseconds,
+            help="milliseconds without activity after which the server pings a connection "
+            "(default 7200000, 2 hours)",
+        ),
+    )
+    grpc_keepalive_timeout_ms: int = field(
+        default=20_000,
+        metadata=flag(
+            "--grpc-keepalive-timeout",
+            type=grpc_milliseconds,
+            help="milliseconds the server waits for a keepalive ping's answer before it "
+            "closes the connection (default 20000)",
+        ),
+    )
+    grpc_keepalive_permit_without_calls: bool = field(
+        default=False,
+        metadata=flag(
+            "--grpc-keepalive-permit-without-calls",
+            type=parse_bool,
+            help="keepalive pings, both ways, also on connections with no call in flight "
+            "(default false)",
+        ),
+    )
+    grpc_http2_max_pings_without_data: int = field(
+        default=2,
+        metadata=flag(
+            "--grpc-http2-max-pings-without-data",
+            type=grpc_milliseconds,
+            help="pings that may be sent with no data frame between them (0 = no limit; default 2)",
+        ),
+    )
+    grpc_http2_min_recv_ping_interval_without_data_ms: int = field(
+        default=300_000,
+        metadata=flag(
+            "--grpc-http2-min-recv-ping-interval-without-data",
+            type=grpc_milliseconds,
+            help="while the server sends no data: the least milliseconds expected between a "
+            "client's pings; a closer one is a strike (default 300000)",
+        ),
+    )
+    grpc_http2_max_ping_strikes: int = field(
+        default=2,
+        metadata=flag(
+            "--grpc-http2-max-ping-strikes",
+            type=grpc_milliseconds,
+            help="strikes a connection may take before it is sent GOAWAY and closed (0 = no "
+            "limit; default 2)",
+        ),
+    )
+    grpc_max_connection_age_ms: int | None = field(
+        default=None,
+        metadata=flag(
+            "--grpc-max-connection-age",
+            type=grpc_milliseconds,
+            help="milliseconds after which a connection is sent GOAWAY, so that clients "
+            "reconnect, possibly to another replica (default: no limit)",
+        ),
+    )
+    grpc_max_connection_age_grace_ms: int | None = field(
+        default=None,
+        metadata=flag(
+            "--grpc-max-connection-age-grace",
+            type=grpc_milliseconds,
+            help="milliseconds a connection past its age keeps for the calls in flight "
+            "before it is closed (default: no limit)",
         ),
     )
     exit_timeout_s: float = field(

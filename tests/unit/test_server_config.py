@@ -12,6 +12,7 @@ from runtime.cli import build_parser, server_config
 from runtime.config import ServerConfig
 from runtime.config.server import setting_flags
 from runtime.monitoring.autoscale import AutoscalePolicy
+from runtime.protocol.grpc.servicer import connection_options
 
 
 def parse(*argv: str) -> ServerConfig:
@@ -71,3 +72,47 @@ def test_door_limit_flags() -> None:
     for bad in (("--http-max-connections", "-1"), ("--http-body-timeout-secs", "0")):
         with pytest.raises(SystemExit):
             parse(*bad)
+
+
+def test_grpc_connection_flags_become_grpc_channel_arguments() -> None:
+    """tritonserver's keepalive and connection age flags, in its units (ms), as gRPC's args."""
+    defaults = dict(connection_options(parse()))
+    assert defaults == {
+        "grpc.keepalive_time_ms": 7_200_000,
+        "grpc.keepalive_timeout_ms": 20_000,
+        "grpc.http2.ping_timeout_ms": 20_000,
+        "grpc.keepalive_permit_without_calls": 0,
+        "grpc.http2.max_pings_without_data": 2,
+        "grpc.http2.min_ping_interval_without_data_ms": 300_000,
+        "grpc.http2.max_ping_strikes": 2,
+    }  # no connection age unless asked for
+    config = parse(
+        "--grpc-keepalive-time", "1000", "--grpc-keepalive-timeout", "500",
+        "--grpc-keepalive-permit-without-calls", "true",
+        "--grpc-http2-max-pings-without-data", "0",
+        "--grpc-http2-min-recv-ping-interval-without-data", "10000",
+        "--grpc-http2-max-ping-strikes", "5",
+        "--grpc-max-connection-age", "60000", "--grpc-max-connection-age-grace", "5000",
+    )  # fmt: skip
+    assert dict(connection_options(config)) == {
+        "grpc.keepalive_time_ms": 1000,
+        "grpc.keepalive_timeout_ms": 500,
+        "grpc.http2.ping_timeout_ms": 500,
+        "grpc.keepalive_permit_without_calls": 1,
+        "grpc.http2.max_pings_without_data": 0,
+        "grpc.http2.min_ping_interval_without_data_ms": 10_000,
+        "grpc.http2.max_ping_strikes": 5,
+        "grpc.max_connection_age_ms": 60_000,
+        "grpc.max_connection_age_grace_ms": 5000,
+    }
+
+
+@pytest.mark.parametrize("value", ["-1", "2147483648", "1.5", "soon"])
+def test_grpc_connection_flags_refuse_what_grpc_cannot_take(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse("--grpc-max-connection-age", value)
+    error = capsys.readouterr().err
+    assert "--grpc-max-connection-age" in error
+    assert f"expected a whole number from 0 to 2147483647, got '{value}'" in error

@@ -31,7 +31,11 @@ class Blob:
 
 class Server:
     def __init__(
-        self, metadata_keys: Sequence[str], max_message_bytes: int, max_concurrent_rpcs: int
+        self,
+        metadata_keys: Sequence[str],
+        max_message_bytes: int,
+        max_concurrent_rpcs: int,
+        channel_arguments: Sequence[tuple[str, int]] = (),
     ) -> None: ...
     def start(self, address: str, tls: Tls | None = None) -> int: ...
     def fileno(self) -> int: ...

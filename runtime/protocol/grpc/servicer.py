@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -21,6 +21,9 @@ from runtime.proto import grpc_service_pb2 as pb
 from runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from runtime.protocol.grpc import codec
 
+if TYPE_CHECKING:
+    from runtime.config import ServerConfig
+
 log = logging.getLogger(__name__)
 
 # tritonclient raises its own limits to INT32_MAX; a grpcio server defaults to 4 MiB.
@@ -29,6 +32,37 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+
+
+def connection_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC's channel arguments for the keepalive, ping and connection age flags.
+
+    Both front ends take the same list (grpc.aio as server options, the native server as
+    channel arguments of its builder), so the flags mean the same on either. The ping
+    timeout is the keepalive timeout too: the gRPC core in grpcio closes a connection whose
+    ping goes unanswered after the ping timeout (default 1 minute) and no longer by the
+    keepalive timeout, which the native server's gRPC (1.51) does; unknown to 1.51, the
+    argument is ignored there.
+    """
+    options = [
+        ("grpc.keepalive_time_ms", config.grpc_keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", config.grpc_keepalive_timeout_ms),
+        ("grpc.http2.ping_timeout_ms", config.grpc_keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(config.grpc_keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", config.grpc_http2_max_pings_without_data),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            config.grpc_http2_min_recv_ping_interval_without_data_ms,
+        ),
+        ("grpc.http2.max_ping_strikes", config.grpc_http2_max_ping_strikes),
+    ]
+    if config.grpc_max_connection_age_ms is not None:
+        options.append(("grpc.max_connection_age_ms", config.grpc_max_connection_age_ms))
+    if config.grpc_max_connection_age_grace_ms is not None:
+        options.append(
+            ("grpc.max_connection_age_grace_ms", config.grpc_max_connection_age_grace_ms)
+        )
+    return options
 
 
 def call_metadata(context: Any) -> dict[str, str]:

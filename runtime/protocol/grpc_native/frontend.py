@@ -36,6 +36,7 @@ from runtime.protocol.grpc.servicer import (
     MAX_MESSAGE_BYTES,
     SERVICE,
     InferenceServicer,
+    connection_options,
     malformed,
     status_code,
 )
@@ -365,11 +366,15 @@ def tls_settings(config: ServerConfig) -> Tls | None:
 
 def load(dataplane: DataPlane, config: ServerConfig) -> NativeFrontend | None:
     """The native front end as the server's config sets it up (restrictions, TLS, the limit
-    on calls in flight), or None with a warning where the extension is not installed (the
-    caller then serves gRPC on grpc.aio).
+    on calls in flight, the connections' keepalive and age), or None with a warning where
+    the extension is not installed (the caller then serves gRPC on grpc.aio).
     """
     return _load(
-        dataplane, config.grpc_restrictions, tls_settings(config), config.grpc_max_concurrent_rpcs
+        dataplane,
+        config.grpc_restrictions,
+        tls_settings(config),
+        config.grpc_max_concurrent_rpcs,
+        connection_options(config),
     )
 
 
@@ -378,6 +383,7 @@ def _load(
     restrictions: Mapping[str, Restriction],
     tls: Tls | None,
     max_concurrent_rpcs: int,
+    channel_arguments: list[tuple[str, int]],
 ) -> NativeFrontend | None:
     try:
         module = importlib.import_module(EXTENSION)
@@ -391,5 +397,7 @@ def _load(
     # The metadata each call event carries: the restriction keys, and the request id and
     # trace context every infer call reads (runtime.logs.CALL_KEYS).
     keys = sorted({r.key for r in restrictions.values()} | CALL_KEYS)
-    server: NativeServer = module.Server(keys, MAX_MESSAGE_BYTES, max_concurrent_rpcs)
+    server: NativeServer = module.Server(
+        keys, MAX_MESSAGE_BYTES, max_concurrent_rpcs, channel_arguments
+    )
     return NativeFrontend(server, dataplane, restrictions, tls)
