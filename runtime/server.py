@@ -68,7 +68,9 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = (
-            Metrics(self._served, config.allow_gpu_metrics) if config.allow_metrics else None
+            Metrics(self._served, config.allow_gpu_metrics, config.allow_cpu_metrics)
+            if config.allow_metrics
+            else None
         )
         settings = InstanceSettings(
             device=config.device,

@@ -226,6 +226,15 @@ class ServerConfig:
             "(default true)",
         ),
     )
+    allow_cpu_metrics: bool = field(
+        default=True,
+        metadata=flag(
+            "--allow-cpu-metrics",
+            type=parse_bool,
+            help="export Triton's nv_cpu_* metrics, the host's CPU utilization and memory "
+            "from /proc (default true)",
+        ),
+    )
     model_control_mode: str = field(
         default="none",
         metadata=flag(

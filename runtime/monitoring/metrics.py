@@ -4,8 +4,9 @@ Triton's families are rendered at scrape time from the statistics the data plane
 anyway, so they cost the hot path nothing and always agree with the statistics
 extension. They are written by hand because prometheus_client names every counter
 `<name>_total`, and Triton's dashboards expect the bare names; so are Triton's per-GPU
-`nv_gpu_*` families, read from NVML at scrape time. Conveyor's histograms use
-prometheus_client, with each model's label children made once at load.
+`nv_gpu_*` families, read from NVML at scrape time, and its host `nv_cpu_*` families, read
+from /proc. Conveyor's histograms use prometheus_client, with each model's label children
+made once at load.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from runtime.events import BatchDone, Subscriber
 from runtime.monitoring import drift
 from runtime.monitoring.drift import DriftMonitor
 from runtime.monitoring.gpu import GpuReader, GpuSample
+from runtime.monitoring.host import HostReader, HostSample
 from runtime.monitoring.stats import FAILURE_REASONS, Duration, failure_reason
 from runtime.monitoring.view import ModelView
 
@@ -68,6 +70,14 @@ _TRITON_GPU: tuple[tuple[str, str, str, str], ...] = (
 )  # fmt: skip
 
 
+# Triton's host families (core's metrics.cc): name, help, HostSample field; gauges, no labels.
+_TRITON_CPU: tuple[tuple[str, str, str], ...] = (
+    ("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", "utilization"),
+    ("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", "memory_total_bytes"),
+    ("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", "memory_used_bytes"),
+)
+
+
 def _label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -111,6 +121,20 @@ def gpu_text(samples: Sequence[GpuSample]) -> str:
         ]
         if series:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *series]
+    return "".join(line + "\n" for line in lines)
+
+
+def host_text(sample: HostSample) -> str:
+    """Triton's host families; one /proc did not give is left out."""
+    lines: list[str] = []
+    for name, help_text, field in _TRITON_CPU:
+        value = getattr(sample, field)
+        if value is not None:
+            lines += [
+                f"# HELP {name} {help_text}",
+                f"# TYPE {name} gauge",
+                f"{name} {_plain(value)}",
+            ]
     return "".join(line + "\n" for line in lines)
 
 
@@ -209,10 +233,17 @@ class DriftCollector:
 class Metrics:
     """Owns the metric objects (no global registry) and renders one scrape of `models`."""
 
-    def __init__(self, models: Models | None = None, allow_gpu_metrics: bool = True) -> None:
+    def __init__(
+        self,
+        models: Models | None = None,
+        allow_gpu_metrics: bool = True,
+        allow_cpu_metrics: bool = True,
+    ) -> None:
         self.prom = CollectorRegistry(auto_describe=False)
         reader = GpuReader() if allow_gpu_metrics else None
         self.gpu = reader if reader is not None and reader.available else None
+        host = HostReader() if allow_cpu_metrics else None
+        self.host = host if host is not None and host.available else None
         self.request_seconds = Histogram(
             "conveyor_request_duration_seconds",
             "Time from taking an inference request to having its answer, per protocol",
@@ -258,6 +289,8 @@ class Metrics:
     def render(self, gpu_samples: Sequence[GpuSample] | None = None) -> bytes:
         """One scrape; GPU samples are read here unless the caller read them already."""
         text = triton_text(list(self.models()))
+        if self.host is not None:
+            text += host_text(self.host.sample())
         if self.gpu is not None:
             text += gpu_text(self.gpu.sample() if gpu_samples is None else gpu_samples)
         return text.encode() + generate_latest(self.prom)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from tests.integration.conftest import (
     add_sub_inputs,
     inputs_of,
     make_client,
+    running_server,
 )
 
 MODEL = "add_sub_fp32"
@@ -107,3 +109,21 @@ def test_unknown_metrics_path_is_404(server: ServerProcess) -> None:
         urllib.request.urlopen(f"http://{server.metrics_url}/nope", timeout=10)
     info.value.close()
     assert info.value.code == 404
+
+
+def test_host_cpu_and_memory_families(server: ServerProcess) -> None:
+    """Triton's nv_cpu_* gauges: the host's CPU share busy and its memory (MemTotal)."""
+    _, families = _scrape(server)
+    total_kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+    assert _value(families, "nv_cpu_memory_total_bytes") == total_kib * 1024
+    assert 0 < _value(families, "nv_cpu_memory_used_bytes") < total_kib * 1024
+    assert 0.0 <= _value(families, "nv_cpu_utilization") <= 1.0
+    for name in ("nv_cpu_utilization", "nv_cpu_memory_total_bytes", "nv_cpu_memory_used_bytes"):
+        assert families[name].type == "gauge"
+
+
+def test_host_families_off(test_repo: Path) -> None:
+    with running_server(test_repo, "--allow-cpu-metrics", "false") as srv:
+        text, families = _scrape(srv)
+    assert "nv_inference_count" in families
+    assert "nv_cpu_" not in text
