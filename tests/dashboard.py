@@ -12,6 +12,8 @@ from typing import Any
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "conveyor-dashboard.json"
 GPU_ROW = "GPU"  # the row whose panels show Triton's per-GPU families, empty without a GPU
+# Rows of the machines' own families (per replica, not per model): no model picker there.
+MACHINE_ROWS = {"Host", GPU_ROW}
 # The metric families Conveyor exports all start with one of these.
 _METRIC = re.compile(r"\b(?:nv|conveyor)_[a-zA-Z0-9_:]*")
 
@@ -32,6 +34,10 @@ class Query:
     @property
     def gpu(self) -> bool:
         return self.row == GPU_ROW
+
+    @property
+    def per_machine(self) -> bool:
+        return self.row in MACHINE_ROWS
 
     def metrics(self) -> set[str]:
         """The metric names the query reads (histograms' `_bucket` and `_count` included)."""

@@ -88,7 +88,7 @@ def test_queries_use_only_the_dashboard_variables(board: dict[str, Any]) -> None
     for query in dash.queries(board):
         rendered = dash.render(query.expr, "m", "1m")
         assert "$" not in rendered, query.name
-        if not query.gpu:
+        if not query.per_machine:
             assert 'model=~"m"' in rendered, query.name  # follows the model picker
 
 
