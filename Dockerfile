@@ -27,7 +27,9 @@ RUN case "${ORT_PACKAGE}" in \
     && python3 -m venv /opt/conveyor \
     && /opt/conveyor/bin/pip install --no-cache-dir --require-hashes -r "${lock}"
 # The native gRPC front end (native/, its messages generated from proto/), built with the
-# compiler and gRPC's headers that the final stage leaves behind.
+# compiler and gRPC's headers that the final stage leaves behind, and with its build tools
+# from the lock (requirements/native-build.txt, hash-checked) rather than an isolated build
+# that would fetch them unchecked.
 COPY proto proto
 COPY native native
 RUN if [ "${NATIVE_GRPC}" = 1 ]; then \
@@ -35,7 +37,9 @@ RUN if [ "${NATIVE_GRPC}" = 1 ]; then \
         && apt-get install -y --no-install-recommends "g++=4:12.*" "cmake=3.25.*" \
             "libgrpc++-dev=1.51.*" "protobuf-compiler-grpc=1.51.*" "libprotobuf-dev=3.21.*" \
         && rm -rf /var/lib/apt/lists/* \
-        && /opt/conveyor/bin/pip install --no-cache-dir ./native; \
+        && /opt/conveyor/bin/pip install --no-cache-dir --require-hashes \
+            -r requirements/native-build.txt \
+        && /opt/conveyor/bin/pip install --no-cache-dir --no-build-isolation ./native; \
     fi
 COPY pyproject.toml README.md ./
 COPY runtime runtime

@@ -20,7 +20,7 @@ PIP_LOCKED := $(BIN)/python -m pip install -q --require-hashes
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/dev.txt requirements/torch-cpu.txt
+$(STAMP): pyproject.toml requirements/dev.txt requirements/torch-cpu.txt requirements/native-build.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(PIP_LOCKED) -r requirements/dev.txt
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml requirements/dev.txt requirements/torch-cpu.txt
 # The server alone (requirements/server.txt, the same pins as dev.txt): what `make serve` needs.
 install-server: $(SERVER_STAMP)
 
-$(SERVER_STAMP): pyproject.toml requirements/server.txt
+$(SERVER_STAMP): pyproject.toml requirements/server.txt requirements/native-build.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_LOCKED) -r requirements/server.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
@@ -60,13 +60,19 @@ lock:
 	$(COMPILE) -c requirements/dev.txt --extra trace pyproject.toml -o requirements/server.txt
 	$(COMPILE) -c requirements/dev.txt --excludes requirements/gpu-excludes.in --extra gpu \
 		--extra trace pyproject.toml -o requirements/gpu.txt
+	$(PYTHON) -c 'import tomllib; print(*tomllib.load(open("native/pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		| $(COMPILE) -c requirements/dev.txt - -o requirements/native-build.txt
 
 # The native gRPC front end (`conveyor serve --grpc-frontend native`): a compiled extension
 # against Debian's gRPC C++ (native/install_deps.sh installs it with apt-get), built into the
 # venv by both installs; `make native` rebuilds it after editing native/. Its build tools
-# (scikit-build-core, pybind11) come from PyPI into pip's isolated build environment.
-NATIVE_BUILD = bash native/install_deps.sh && CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
-	$(BIN)/python -m pip install -q ./native
+# (native/pyproject.toml's build-system.requires: scikit-build-core, pybind11) come from the
+# lock like everything else (requirements/native-build.txt) into the venv, and the build
+# uses them there (--no-build-isolation): an isolated build would fetch whatever PyPI has
+# that day, unchecked, into a new folder each time, which also makes CMake recompile it all.
+NATIVE_BUILD = bash native/install_deps.sh && $(PIP_LOCKED) -r requirements/native-build.txt \
+	&& CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+	$(BIN)/python -m pip install -q --no-build-isolation ./native
 
 native: install
 	$(NATIVE_BUILD)

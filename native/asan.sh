@@ -51,17 +51,15 @@ mkdir -p "$ASAN_DIR" "$LOGS"
 
 # 1. Build. At most 2 compile jobs (the machine is shared, like `make native`).
 # The build tools (native/pyproject.toml's build-system.requires: scikit-build-core,
-# pybind11) live in their own venv, build/asan/buildenv, on the same base interpreter as
+# pybind11, from the lock: requirements/native-build.txt) live in their own venv, build/asan/buildenv, on the same base interpreter as
 # .venv (so the same CPython ABI), and pip runs with --no-build-isolation: an isolated build
 # puts pybind11 in a new /tmp folder every time, which makes CMake recompile everything
 # (minutes under ASan); with a fixed one an unchanged rebuild takes seconds.
 BUILD_ENV="$ASAN_DIR/buildenv"
 if [[ ! -x "$BUILD_ENV/bin/python" ]]; then
     "$("$PYTHON" -c 'import sys; print(sys._base_executable)')" -m venv "$BUILD_ENV"
-    mapfile -t build_requires < <("$PYTHON" -c 'import tomllib
-print(*tomllib.load(open("native/pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")')
-    "$BUILD_ENV/bin/python" -m pip install -q "${build_requires[@]}"
 fi
+"$BUILD_ENV/bin/python" -m pip install -q --require-hashes -r requirements/native-build.txt
 # --target: install into a plain folder, not the venv; --upgrade replaces the previous
 # build there; --no-deps: nothing else comes with it. build-dir: the CMake folder under
 # build/asan (the default, native/build/{wheel_tag}, is the venv build's). The link needs

@@ -63,7 +63,7 @@ def _runs() -> list[str]:
 
 def _installs_for(ort_package: str) -> subprocess.CompletedProcess[str]:
     """Runs the build stage's dependency step with pip and venv replaced by echo."""
-    (step,) = [r for r in _runs() if "--require-hashes" in r]
+    (step,) = [r for r in _runs() if "--require-hashes" in r and "ORT_PACKAGE" in r]
     step = step.replace("python3 -m venv /opt/conveyor", "true")
     step = step.replace("/opt/conveyor/bin/pip", "echo pip")
     return subprocess.run(
@@ -108,7 +108,7 @@ def test_the_gpu_image_ends_with_onnxruntime_gpu_alone() -> None:
         assert (
             "--require-hashes" in run
             or re.search(r"pip install --no-cache-dir --no-deps \.", run)
-            or re.search(r"pip install --no-cache-dir \./native", run)
+            or re.search(r"pip install --no-cache-dir --no-build-isolation \./native", run)
         ), run
     # The native front end's distribution depends on nothing, so installing it adds nothing.
     native = tomllib.loads((ROOT / "native" / "pyproject.toml").read_text())
@@ -124,7 +124,12 @@ def test_the_image_builds_the_native_grpc_front_end() -> None:
     assert "COPY proto proto" in build
     assert "COPY native native" in build
     assert "libgrpc++-dev" in build
-    assert re.search(r"pip install --no-cache-dir \./native", build)
+    # With its build tools from the lock, hash-checked, not fetched by an isolated build.
+    assert re.search(
+        r"pip install --no-cache-dir --require-hashes\s+-r requirements/native-build\.txt"
+        r"\s+&& /opt/conveyor/bin/pip install --no-cache-dir --no-build-isolation \./native",
+        re.sub(r"\\\n", " ", build),
+    )
     # The final stage has no compiler, only the shared libraries the extension links.
     assert "libgrpc++1.51" in final
     assert "libprotobuf32" in final

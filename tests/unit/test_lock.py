@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCKS = ROOT / "requirements"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRAS: dict[str, list[str]] = PROJECT["optional-dependencies"]
+NATIVE_BUILD_REQUIRES: list[str] = tomllib.loads((ROOT / "native" / "pyproject.toml").read_text())[
+    "build-system"
+]["requires"]
 # What the lock is resolved for: markers are evaluated as on Linux x86_64, CPython 3.11.
 TARGET = {
     **default_environment(),
@@ -71,6 +74,8 @@ COVERS = {
         PROJECT["dependencies"] + EXTRAS["gpu"] + EXTRAS["trace"], leave_out=("onnxruntime",)
     ),
     "torch-cpu.txt": [r for r in named(EXTRAS["train"]) if r.name == "torch"],
+    # The native gRPC front end's build tools, which both installs and the image build with.
+    "native-build.txt": named(NATIVE_BUILD_REQUIRES),
 }
 
 
@@ -122,7 +127,7 @@ def test_one_version_of_each_package_across_the_files() -> None:
     # `make serve` then `make install` (server.txt, then dev.txt and torch-cpu.txt) must never
     # move a pin, and the images run what the tests ran.
     dev = pins("dev.txt")
-    for name in ("server.txt", "gpu.txt", "torch-cpu.txt"):
+    for name in ("server.txt", "gpu.txt", "torch-cpu.txt", "native-build.txt"):
         for package, version in pins(name).items():
             if package in dev:
                 assert version == dev[package], f"{package}: {name} {version}, dev.txt"
@@ -167,8 +172,15 @@ def from_lock(args: list[str]) -> str | None:
 @pytest.mark.parametrize(
     ("target", "locks"),
     [
-        ("install", ["requirements/dev.txt", "requirements/torch-cpu.txt"]),
-        ("install-server", ["requirements/server.txt"]),
+        (
+            "install",
+            [
+                "requirements/dev.txt",
+                "requirements/torch-cpu.txt",
+                "requirements/native-build.txt",
+            ],
+        ),
+        ("install-server", ["requirements/server.txt", "requirements/native-build.txt"]),
     ],
 )
 def test_make_installs_from_the_lock_alone(target: str, locks: list[str]) -> None:
@@ -178,8 +190,13 @@ def test_make_installs_from_the_lock_alone(target: str, locks: list[str]) -> Non
         if from_lock(args):
             continue
         # Besides the lock: pip itself, the project with no dependency resolved, and the
-        # native gRPC front end, a distribution that depends on nothing.
-        allowed = (["-q", "--upgrade", "pip"], ["-q", "--no-deps", "-e", "."], ["-q", "./native"])
+        # native gRPC front end, a distribution that depends on nothing, built with the tools
+        # the lock installed.
+        allowed = (
+            ["-q", "--upgrade", "pip"],
+            ["-q", "--no-deps", "-e", "."],
+            ["-q", "--no-build-isolation", "./native"],
+        )
         assert args in allowed, args
 
 
