@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,6 +53,53 @@ def _short_switch_interval() -> Iterator[None]:
         sys.setswitchinterval(1e-4)
     yield
     sys.setswitchinterval(before)
+
+
+def _atomic_shared_arrays() -> Callable[[], None]:
+    """Make the simulator give every thread of a block the same shared array; returns the undo.
+
+    numba-cuda's simulator (0.30) makes a block's shared array when the first of its threads
+    asks: it looks the caller's line up in a dict and, finding nothing, makes the array and
+    stores it. Its threads are Python threads, so two that look before either stores each make
+    their own, and the block's reduction splits (softmax once gave [0.5, inf, 0.5, 0.5] for a
+    row of four equal values, in a CI run). The same lookup by the caller's file and line, with
+    the look and the store under one lock. Device runs are untouched: the simulator only.
+    """
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    shared = kernelapi.FakeCUDAShared
+    original = shared.array
+    lock = threading.Lock()
+
+    def array(self: Any, shape: Any, dtype: Any, alignment: Any = None) -> Any:
+        if shape == 0 or alignment is not None:  # dynamic shared memory, or refused: as before
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            found = self._allocations.get(key)
+            if found is None:
+                found = self._allocations[key] = kernelapi.np.empty(shape, dtype)
+        return found
+
+    shared.array = array
+
+    def undo() -> None:
+        shared.array = original
+
+    return undo
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_shared_array_per_block() -> Iterator[None]:
+    undo = _atomic_shared_arrays() if SIMULATED else None
+    yield
+    if undo is not None:
+        undo()
 
 
 def on_device(a: Any) -> Any:
@@ -285,6 +333,26 @@ def test_shapes_the_kernels_would_read_past_are_refused(
     """The kernels index without bounds checks: a short mean or a bad shape never reaches them."""
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.skipif(not SIMULATED, reason="a race of the simulator's, not of the device")
+def test_a_blocks_threads_share_its_shared_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the simulator slow to make an array (every thread looks before one stores), the
+    threads of a block still reduce over one array: a row of equal values gives 1/n each."""
+    from numba.cuda.simulator import kernelapi
+
+    class SlowEmpty:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(np, name)
+
+        @staticmethod
+        def empty(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.002)  # lets the block's other threads run
+            return np.empty(*args, **kwargs)
+
+    monkeypatch.setattr(kernelapi, "np", SlowEmpty())
+    x = np.zeros((2, 8), np.float32)
+    np.testing.assert_allclose(host(device.softmax(on_device(x))), np.full_like(x, 1 / 8))
 
 
 def test_threads_launch_at_once() -> None:
