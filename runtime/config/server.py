@@ -71,8 +71,8 @@ def non_negative_int(text: str) -> int:
 GRPC_INT_MAX = 2**31 - 1
 
 
-def grpc_milliseconds(text: str) -> int:
-    """A gRPC connection setting in milliseconds (or a count): 0 to 2**31 - 1, as gRPC takes it."""
+def grpc_int(text: str) -> int:
+    """A gRPC connection setting, milliseconds or a count: 0 to 2**31 - 1 (a C int)."""
     try:
         value = int(text)
     except ValueError:
@@ -310,7 +310,7 @@ class ServerConfig:
         default=7_200_000,
         metadata=flag(
             "--grpc-keepalive-time",
-            type=grpc_milliseconds,
+            type=grpc_int,
             help="milliseconds without activity after which the server pings a connection "
             "(default 7200000, 2 hours)",
         ),
@@ -319,7 +319,7 @@ class ServerConfig:
         default=20_000,
         metadata=flag(
             "--grpc-keepalive-timeout",
-            type=grpc_milliseconds,
+            type=grpc_int,
             help="milliseconds the server waits for a keepalive ping's answer before it "
             "closes the connection (default 20000)",
         ),
@@ -337,7 +337,7 @@ class ServerConfig:
         default=2,
         metadata=flag(
             "--grpc-http2-max-pings-without-data",
-            type=grpc_milliseconds,
+            type=grpc_int,
             help="pings that may be sent with no data frame between them (0 = no limit; default 2)",
         ),
     )
@@ -345,7 +345,7 @@ class ServerConfig:
         default=300_000,
         metadata=flag(
             "--grpc-http2-min-recv-ping-interval-without-data",
-            type=grpc_milliseconds,
+            type=grpc_int,
             help="while the server sends no data: the least milliseconds expected between a "
             "client's pings; a closer one is a strike (default 300000)",
         ),
@@ -354,7 +354,7 @@ class ServerConfig:
         default=2,
         metadata=flag(
             "--grpc-http2-max-ping-strikes",
-            type=grpc_milliseconds,
+            type=grpc_int,
             help="strikes a connection may take before it is sent GOAWAY and closed (0 = no "
             "limit; default 2)",
         ),
@@ -363,7 +363,7 @@ class ServerConfig:
         default=None,
         metadata=flag(
             "--grpc-max-connection-age",
-            type=grpc_milliseconds,
+            type=grpc_int,
             help="milliseconds after which a connection is sent GOAWAY, so that clients "
             "reconnect, possibly to another replica (default: no limit)",
         ),
@@ -372,7 +372,7 @@ class ServerConfig:
         default=None,
         metadata=flag(
             "--grpc-max-connection-age-grace",
-            type=grpc_milliseconds,
+            type=grpc_int,
             help="milliseconds a connection past its age keeps for the calls in flight "
             "before it is closed (default: no limit)",
         ),

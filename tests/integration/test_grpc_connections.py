@@ -167,17 +167,13 @@ def test_frequent_pings_get_goaway_by_default(server: ServerProcess) -> None:
         assert b"too_many_pings" in (client.terminated.additional_data or b"")
 
 
-def test_frequent_pings_allowed_by_the_minimum_interval(keepalive_server: ServerProcess) -> None:
-    with raw_client(keepalive_server) as client:
-        client.ping(5)
-        client.read_for(1.0)
-        assert client.acks_received == 5
-        assert client.terminated is None
-        assert not client.closed
-
-
-def test_frequent_pings_borne_without_a_strike_limit(lenient_server: ServerProcess) -> None:
-    with raw_client(lenient_server) as client:
+# The minimum interval at 0 with pings allowed without calls, or no limit on strikes.
+@pytest.mark.parametrize("server_name", ["keepalive_server", "lenient_server"])
+def test_frequent_pings_allowed_by_the_flags(
+    server_name: str, request: pytest.FixtureRequest
+) -> None:
+    srv: ServerProcess = request.getfixturevalue(server_name)
+    with raw_client(srv) as client:
         client.ping(5)
         client.read_for(1.0)
         assert client.acks_received == 5
